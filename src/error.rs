@@ -1,0 +1,26 @@
+//! The library's error type: every failure names its cause and what to do about it.
+
+use std::path::PathBuf;
+
+/// Result alias used across the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Net(#[from] crate::nets::NetError),
+    #[error("{0}")]
+    Device(String),
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("training diverged: {0}")]
+    NonFinite(String),
+}

@@ -1,0 +1,17 @@
+//! haba: dataset distillation via factorization (HaBa) on any WebGPU device.
+//!
+//! The pipeline reads top to bottom: [`data`] -> (bases, hallucinators) -> [`augment`]
+//! -> [`nets`] -> objective -> optimiser step -> artifact. This crate is the library;
+//! the CLI (`src/main.rs`, `src/cli/`) is a thin front over it.
+
+pub mod augment;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod nets;
+pub mod rng;
+pub mod train;
+
+pub use burn;
+pub use error::{Error, Result};
