@@ -1,1 +1,210 @@
-//! (in progress)
+//! Device choice: a GPU through wgpu (Vulkan, Metal, DX12, WebGPU), CUDA when built with
+//! the `cuda` feature, or Burn's pure-Rust `flex` CPU backend.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+
+/// What the user asked for with `--device`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// A hardware GPU adapter when one exists, otherwise the CPU backend.
+    #[default]
+    Auto,
+    /// Any wgpu adapter, software ones (lavapipe, SwiftShader) included.
+    Gpu,
+    /// Burn's `flex` CPU backend.
+    Cpu,
+    /// NVIDIA GPU through CUDA (needs the `cuda` cargo feature).
+    Cuda,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "gpu" | "wgpu" => Ok(Self::Gpu),
+            "cpu" | "flex" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            _ => Err(Error::Config(format!(
+                "unknown device `{s}`: use auto, gpu, cpu or cuda"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Gpu => "gpu",
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// Which backend a selected device runs on; decides e.g. whether WGSL kernels can launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Wgpu,
+    Cuda,
+    Flex,
+}
+
+/// A device ready for tensors, with a one-line account of why it was chosen.
+#[derive(Clone, Debug)]
+pub struct Selected {
+    pub device: Device,
+    pub backend: BackendKind,
+    /// e.g. "wgpu: NVIDIA GeForce RTX 4090 (Vulkan)".
+    pub name: String,
+    /// Why this device, for the one line every command prints.
+    pub reason: String,
+}
+
+/// The wgpu adapter Burn opened, shared by every caller in the process (Burn's wgpu
+/// runtime can be initialised only once).
+struct WgpuAdapter {
+    device: Device,
+    name: String,
+    software: bool,
+}
+
+fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
+    static ADAPTER: OnceLock<std::result::Result<WgpuAdapter, String>> = OnceLock::new();
+    ADAPTER.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| e.to_string())?;
+        let info = setup.adapter.get_info();
+        let software = info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
+        Ok(WgpuAdapter {
+            device,
+            name: format!("wgpu: {} ({:?})", info.name, info.backend),
+            software,
+        })
+    })
+}
+
+fn flex(reason: String) -> Selected {
+    Selected {
+        device: Device::flex(),
+        backend: BackendKind::Flex,
+        name: "cpu: flex".into(),
+        reason,
+    }
+}
+
+/// Opens the device the user asked for, and seeds Burn's own generator with `seed`
+/// (our code draws its random numbers from [`crate::rng::Rng`]; this covers Burn's).
+pub fn select(choice: DeviceChoice, seed: u64) -> Result<Selected> {
+    let selected = match choice {
+        DeviceChoice::Cpu => flex("asked for with --device cpu".into()),
+        DeviceChoice::Gpu => match wgpu_adapter() {
+            Ok(a) => Selected {
+                device: a.device.clone(),
+                backend: BackendKind::Wgpu,
+                name: a.name.clone(),
+                reason: if a.software {
+                    "asked for with --device gpu (a software adapter: expect it to be slow)".into()
+                } else {
+                    "asked for with --device gpu".into()
+                },
+            },
+            Err(e) => {
+                return Err(Error::Device(format!(
+                    "no GPU adapter could be opened ({e}). Install a Vulkan, Metal or DX12 \
+                     driver (on Linux without a GPU, Mesa's lavapipe: package \
+                     mesa-vulkan-drivers), or run with --device cpu"
+                )));
+            }
+        },
+        DeviceChoice::Cuda => cuda()?,
+        DeviceChoice::Auto => match wgpu_adapter() {
+            Ok(a) if !a.software => Selected {
+                device: a.device.clone(),
+                backend: BackendKind::Wgpu,
+                name: a.name.clone(),
+                reason: "auto: a hardware GPU adapter was found".into(),
+            },
+            Ok(a) => flex(format!(
+                "auto: the only GPU adapter is a software one ({}), slower than the CPU backend",
+                a.name
+            )),
+            Err(_) => flex("auto: no GPU adapter was found".into()),
+        },
+    };
+    selected.device.seed(seed);
+    Ok(selected)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Result<Selected> {
+    // Burn's CUDA runtime loads the driver lazily; probe it so a missing driver is an
+    // error here rather than a panic inside the first kernel.
+    let device = Device::cuda(0);
+    let probe = std::panic::catch_unwind(|| {
+        burn::tensor::Tensor::<1>::zeros([1], &device).into_scalar::<f32>()
+    });
+    if probe.is_err() {
+        return Err(Error::Device(
+            "CUDA device 0 could not be used: is an NVIDIA driver installed? \
+             Use --device gpu or --device cpu otherwise"
+                .into(),
+        ));
+    }
+    Ok(Selected {
+        device: Device::cuda(0),
+        backend: BackendKind::Cuda,
+        name: "cuda: device 0".into(),
+        reason: "asked for with --device cuda".into(),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Result<Selected> {
+    Err(Error::Device(
+        "this build has no CUDA support: rebuild with `cargo build --release --features cuda`, \
+         or use --device gpu"
+            .into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_choices_and_rejects_others() {
+        assert_eq!("GPU".parse::<DeviceChoice>().unwrap(), DeviceChoice::Gpu);
+        assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
+        let err = "tpu".parse::<DeviceChoice>().unwrap_err().to_string();
+        assert!(err.contains("tpu") && err.contains("auto"), "{err}");
+    }
+
+    #[test]
+    fn cpu_is_always_available_and_seeding_repeats() {
+        use burn::tensor::{Distribution, Tensor};
+        let draw = || {
+            let s = select(DeviceChoice::Cpu, 3).unwrap();
+            assert_eq!(s.backend, BackendKind::Flex);
+            Tensor::<1>::random([8], Distribution::Default, &s.device).into_data()
+        };
+        assert_eq!(draw(), draw());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_feature_says_how_to_get_it() {
+        let err = select(DeviceChoice::Cuda, 0).unwrap_err().to_string();
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+}

@@ -1,1 +1,146 @@
-//! (in progress)
+//! The evaluation protocol (SPEC section 6): train K fresh networks on a training set and
+//! report their test accuracy, mean ± std.
+
+use crate::augment::{Dsa, DsaParams, Strategy};
+use crate::error::{Error, Result};
+use crate::nets::{Arch, NetState, Network};
+use crate::rng::Rng;
+use crate::data::LabelledImages;
+use crate::train::{TrainConfig, accuracy, train};
+
+/// Settings of one evaluation; every field lands in the JSON report.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EvalConfig {
+    pub model: Arch,
+    /// Number of fresh networks trained (K).
+    pub nets: usize,
+    pub train: TrainConfig,
+    /// DSA strategy used while training (`none` for no augmentation).
+    pub dsa: String,
+    pub test_batch: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            model: Arch::default(),
+            nets: 5,
+            train: TrainConfig::protocol(1000, 0.01),
+            dsa: DEFAULT_DSA.into(),
+            test_batch: 1000,
+        }
+    }
+}
+
+/// The DSA strategy of the official scripts.
+pub const DEFAULT_DSA: &str = "color_crop_cutout_flip_scale_rotate";
+
+/// Test accuracies of the K networks, with their mean and (population) std, as the
+/// reference code reports them.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EvalResult {
+    pub accuracies: Vec<f32>,
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl EvalResult {
+    pub fn from_accuracies(accuracies: Vec<f32>) -> Self {
+        let n = accuracies.len().max(1) as f64;
+        let mean = accuracies.iter().map(|&a| a as f64).sum::<f64>() / n;
+        let var = accuracies
+            .iter()
+            .map(|&a| (a as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        Self {
+            accuracies,
+            mean: mean as f32,
+            std: var.sqrt() as f32,
+        }
+    }
+
+    /// "71.23 ± 0.45" in percent.
+    pub fn percent(&self) -> String {
+        format!("{:.2} ± {:.2}", 100.0 * self.mean, 100.0 * self.std)
+    }
+}
+
+/// Progress of an evaluation, for a progress bar.
+#[derive(Clone, Copy, Debug)]
+pub enum EvalProgress {
+    Epoch { net: usize, epoch: usize, loss: f32 },
+    NetDone { net: usize, accuracy: f32 },
+}
+
+pub fn dsa_from_name(name: &str) -> Result<Dsa> {
+    if name == "none" || name.is_empty() {
+        return Ok(Dsa::none());
+    }
+    let strategy: Strategy = name
+        .parse()
+        .map_err(|e| Error::Config(format!("--dsa {name}: {e}")))?;
+    Ok(Dsa::new(strategy, DsaParams::default()))
+}
+
+/// Runs the protocol: K networks, each freshly initialised from `seed`, trained on
+/// `train_set` and tested on `test_set`.
+pub fn evaluate(
+    train_set: &LabelledImages,
+    test_set: &LabelledImages,
+    classes: usize,
+    cfg: &EvalConfig,
+    seed: u64,
+    on_progress: &mut dyn FnMut(EvalProgress),
+) -> Result<EvalResult> {
+    if cfg.nets == 0 {
+        return Err(Error::Config("--nets must be at least 1".into()));
+    }
+    let [_, c, h, w] = train_set.images.dims();
+    let shape = crate::data::ImageShape {
+        channels: c,
+        height: h,
+        width: w,
+    };
+    let net = Network::new(&cfg.model, shape, classes)?;
+    let dsa = dsa_from_name(&cfg.dsa)?;
+    let device = train_set.images.device();
+    let mut root = Rng::new(seed);
+    let mut accuracies = Vec::with_capacity(cfg.nets);
+    for k in 0..cfg.nets {
+        let mut rng = root.fork(k as u64);
+        let params = net.init(&mut rng, &device);
+        let mut state = NetState::new(&net, &device);
+        let params = train(
+            &net,
+            params,
+            &mut state,
+            train_set,
+            &cfg.train,
+            &dsa,
+            &mut rng,
+            &mut |epoch, loss| on_progress(EvalProgress::Epoch { net: k, epoch, loss }),
+        )?;
+        let acc = accuracy(&net, &params, &state, test_set, cfg.test_batch);
+        on_progress(EvalProgress::NetDone {
+            net: k,
+            accuracy: acc,
+        });
+        accuracies.push(acc);
+    }
+    Ok(EvalResult::from_accuracies(accuracies))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_population_std_by_hand() {
+        let r = EvalResult::from_accuracies(vec![0.5, 0.7, 0.6]);
+        assert!((r.mean - 0.6).abs() < 1e-6);
+        // population std of {.5,.7,.6} = sqrt(((.1)^2 + (.1)^2 + 0) / 3)
+        assert!((r.std as f64 - (0.02f64 / 3.0).sqrt()).abs() < 1e-6);
+        assert_eq!(r.percent(), "60.00 ± 8.16");
+    }
+}

@@ -1,1 +1,249 @@
-//! (in progress)
+//! Training a network on a labelled image set: the loop shared by the evaluation protocol,
+//! expert trajectories and baselines. Parameters are one flat vector (see [`crate::nets`]).
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::augment::Dsa;
+use crate::data::LabelledImages;
+use crate::error::{Error, Result};
+use crate::nets::{BnMode, NetState, Network};
+use crate::rng::Rng;
+
+pub(crate) fn index_tensor(indices: &[usize], device: &Device) -> Tensor<1, Int> {
+    let data: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+    Tensor::from_data(TensorData::new(data, [indices.len()]), device)
+}
+
+/// Mean cross-entropy of `logits` [N, K] against integer `labels`.
+pub fn cross_entropy(logits: Tensor<2>, labels: &[u16]) -> Tensor<1> {
+    let [n, _] = logits.dims();
+    let device = logits.device();
+    let idx: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
+    log_softmax(logits, 1).gather(1, idx).mean().neg()
+}
+
+/// SGD with momentum and weight decay, with PyTorch's semantics (the first step seeds the
+/// momentum buffer with the gradient; decay is added to the gradient).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Sgd {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+/// The optimiser's state for one parameter vector.
+pub struct SgdState {
+    velocity: Option<Tensor<1>>,
+}
+
+impl Sgd {
+    pub fn state(&self) -> SgdState {
+        SgdState { velocity: None }
+    }
+
+    /// One step: returns the updated parameters (detached from any graph).
+    pub fn step(&self, params: Tensor<1>, grad: Tensor<1>, state: &mut SgdState) -> Tensor<1> {
+        let mut g = grad;
+        if self.weight_decay != 0.0 {
+            g = g + params.clone().mul_scalar(self.weight_decay);
+        }
+        if self.momentum != 0.0 {
+            let v = match state.velocity.take() {
+                Some(v) => v.mul_scalar(self.momentum) + g,
+                None => g,
+            };
+            state.velocity = Some(v.clone());
+            g = v;
+        }
+        params - g.mul_scalar(self.lr)
+    }
+}
+
+/// How to train one network (SPEC section 6 defaults).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch: usize,
+    pub sgd: Sgd,
+    /// The learning rate is multiplied by 0.1 from this epoch on (half the epochs by default).
+    pub decay_epoch: Option<usize>,
+    /// Standardise every batch with its own per-channel mean and std (the HaBa evaluation
+    /// of hallucinated images does this; plain real-image training does not).
+    pub standardize_batches: bool,
+}
+
+impl TrainConfig {
+    pub fn protocol(epochs: usize, lr: f32) -> Self {
+        Self {
+            epochs,
+            batch: 256,
+            sgd: Sgd {
+                lr,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+            },
+            decay_epoch: Some(epochs / 2),
+            standardize_batches: false,
+        }
+    }
+}
+
+/// Per-channel standardisation of a batch over (N, H, W).
+pub fn standardize(x: Tensor<4>) -> Tensor<4> {
+    let mean = x.clone().mean_dim(0).mean_dim(2).mean_dim(3);
+    let centred = x - mean;
+    let var = centred
+        .clone()
+        .powi_scalar(2)
+        .mean_dim(0)
+        .mean_dim(2)
+        .mean_dim(3);
+    centred / (var + 1e-8).sqrt()
+}
+
+/// Trains `params` of `net` on `set` for `cfg.epochs` epochs and returns them.
+/// `on_epoch(epoch, mean_loss)` is called after every epoch (progress, logging).
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    net: &Network,
+    params: Tensor<1>,
+    state: &mut NetState,
+    set: &LabelledImages,
+    cfg: &TrainConfig,
+    dsa: &Dsa,
+    rng: &mut Rng,
+    on_epoch: &mut dyn FnMut(usize, f32),
+) -> Result<Tensor<1>> {
+    if set.is_empty() {
+        return Err(Error::Config("cannot train on an empty set".into()));
+    }
+    let mut params = params;
+    let mut opt_state = cfg.sgd.state();
+    for epoch in 0..cfg.epochs {
+        let mut sgd = cfg.sgd.clone();
+        if cfg.decay_epoch.is_some_and(|d| epoch >= d) {
+            sgd.lr *= 0.1;
+        }
+        let order = rng.permutation(set.len());
+        let mut loss_sum = Tensor::<1>::zeros([1], &params.device());
+        let mut batches = 0;
+        for chunk in order.chunks(cfg.batch.max(1)) {
+            let (x, y) = set.batch(chunk);
+            let mut x = dsa.apply(x, rng.next_u64());
+            if cfg.standardize_batches {
+                x = standardize(x);
+            }
+            let p = params.clone().autodiff().require_grad();
+            let logits = net.forward(&p, x.autodiff(), BnMode::Train(state));
+            let loss = cross_entropy(logits, &y);
+            let grads = loss.backward();
+            let grad = p.grad(&grads).ok_or_else(|| {
+                Error::NonFinite("no gradient reached the parameters".into())
+            })?;
+            loss_sum = loss_sum + loss.inner();
+            params = sgd.step(params, grad, &mut opt_state);
+            batches += 1;
+        }
+        let mean_loss = loss_sum.into_scalar::<f32>() / batches as f32;
+        if !mean_loss.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "the training loss became {mean_loss} at epoch {epoch}; lower the learning rate"
+            )));
+        }
+        on_epoch(epoch, mean_loss);
+    }
+    Ok(params)
+}
+
+/// Fraction of `set` classified correctly (no augmentation, running norm statistics).
+pub fn accuracy(
+    net: &Network,
+    params: &Tensor<1>,
+    state: &NetState,
+    set: &LabelledImages,
+    batch: usize,
+) -> f32 {
+    let mut correct = 0usize;
+    let all: Vec<usize> = (0..set.len()).collect();
+    for chunk in all.chunks(batch.max(1)) {
+        let (x, y) = set.batch(chunk);
+        let pred = net.forward(params, x, BnMode::Eval(state)).argmax(1);
+        let pred = pred.into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
+        correct += pred
+            .iter()
+            .zip(&y)
+            .filter(|(p, l)| **p == **l as i64)
+            .count();
+    }
+    correct as f32 / set.len().max(1) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cross_entropy_matches_float64() {
+        let device = Device::flex();
+        let logits = [[1.0f64, 2.0, 0.5], [-1.0, 0.0, 3.0]];
+        let labels = [1u16, 0];
+        let flat: Vec<f32> = logits.iter().flatten().map(|&v| v as f32).collect();
+        let t = Tensor::<2>::from_data(TensorData::new(flat, [2, 3]), &device);
+        let got = cross_entropy(t, &labels).into_scalar::<f32>() as f64;
+        let want: f64 = logits
+            .iter()
+            .zip(labels)
+            .map(|(row, l)| {
+                let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+                lse - row[l as usize]
+            })
+            .sum::<f64>()
+            / 2.0;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn sgd_follows_pytorch_update_rule() {
+        let device = Device::flex();
+        let sgd = Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.01,
+        };
+        let mut st = sgd.state();
+        let t = |v: [f32; 2]| Tensor::<1>::from_floats(v, &device);
+        let p = sgd.step(t([1.0, -2.0]), t([0.5, 0.5]), &mut st);
+        let p = sgd.step(p, t([0.5, 0.5]), &mut st);
+        // By hand: g1 = .5 + .01 p0; v1 = g1; p1 = p0 - .1 v1; g2 = .5 + .01 p1;
+        // v2 = .9 v1 + g2; p2 = p1 - .1 v2.
+        let hand = |p0: f64| {
+            let g1 = 0.5 + 0.01 * p0;
+            let p1 = p0 - 0.1 * g1;
+            let v2 = 0.9 * g1 + 0.5 + 0.01 * p1;
+            p1 - 0.1 * v2
+        };
+        let got = p.into_data().to_vec::<f32>().unwrap();
+        assert!((got[0] as f64 - hand(1.0)).abs() < 1e-6);
+        assert!((got[1] as f64 - hand(-2.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn standardize_gives_zero_mean_unit_variance_per_channel() {
+        let device = Device::flex();
+        let mut rng = Rng::new(1);
+        let v: Vec<f32> = (0..2 * 3 * 4 * 4).map(|_| rng.range(-3.0, 7.0)).collect();
+        let x = Tensor::<4>::from_data(TensorData::new(v, [2, 3, 4, 4]), &device);
+        let y = standardize(x).into_data().to_vec::<f32>().unwrap();
+        for c in 0..3 {
+            let vals: Vec<f64> = (0..2)
+                .flat_map(|n| (0..16).map(move |i| (n, i)))
+                .map(|(n, i)| y[n * 48 + c * 16 + i] as f64)
+                .collect();
+            let m = vals.iter().sum::<f64>() / 32.0;
+            let var = vals.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / 32.0;
+            assert!(m.abs() < 1e-5 && (var - 1.0).abs() < 1e-4, "{m} {var}");
+        }
+    }
+}

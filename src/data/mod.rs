@@ -77,3 +77,7 @@ pub enum DataError {
     #[error("{0}")]
     Invalid(String),
 }
+pub mod prepare;
+pub mod subset;
+
+pub use prepare::{LabelledImages, Preprocess, Prepared};

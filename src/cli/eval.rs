@@ -1,0 +1,159 @@
+//! `haba eval`: the evaluation protocol on a chosen training set.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use haba::data::{Preprocess, Prepared, subset};
+use haba::eval::{EvalConfig, EvalProgress, EvalResult};
+use haba::nets::Arch;
+use haba::rng::Rng;
+use haba::train::TrainConfig;
+
+use super::Common;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Dataset name (see `haba datasets`), a class-per-folder image tree, or `embedded`.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// Train on N random real images per class (drawn with --seed).
+    #[arg(long, value_name = "N", conflicts_with = "whole")]
+    pub random_real: Option<usize>,
+    /// Train on the whole training split.
+    #[arg(long)]
+    pub whole: bool,
+    /// Network to train (ConvNet, ConvNetW64, AlexNet, VGG11, ResNet18, LeNet, MLP, ...).
+    #[arg(long, default_value = "ConvNet")]
+    pub model: Arch,
+    /// Number of fresh networks (K).
+    #[arg(long, default_value_t = 5)]
+    pub nets: usize,
+    /// Training epochs per network (E); the learning rate drops x0.1 at E/2.
+    #[arg(long, default_value_t = 1000)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// DSA strategy while training, or `none`.
+    #[arg(long, default_value = haba::eval::DEFAULT_DSA)]
+    pub dsa: String,
+    /// Preprocessing: meanstd, or zca (fitted on the train split).
+    #[arg(long, default_value = "meanstd")]
+    pub preprocess: Preprocess,
+    /// Write the numbers and every setting to this JSON file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// What `--json` writes: the result with everything needed to repeat it.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    dataset: &'a str,
+    training_set: String,
+    images_per_class: Option<usize>,
+    train_images: usize,
+    seed: u64,
+    device: String,
+    preprocess: Preprocess,
+    config: &'a EvalConfig,
+    result: &'a EvalResult,
+}
+
+pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
+    let training_set = match (args.random_real, args.whole) {
+        (Some(0), _) => bail!("--random-real needs at least 1 image per class"),
+        (Some(n), _) => format!("random-real {n} per class"),
+        (None, true) => "whole train split".to_string(),
+        (None, false) => bail!("choose a training set: --random-real N or --whole"),
+    };
+    if args.epochs == 0 || args.batch == 0 {
+        bail!("--epochs and --batch must be at least 1");
+    }
+    let selected = common.device()?;
+    let dataset = super::datasets::load(common, &args.dataset)?;
+    let prepared = Prepared::new(&dataset, args.preprocess, &selected.device)
+        .with_context(|| format!("preprocessing {}", dataset.name))?;
+    let train_set = match args.random_real {
+        Some(n) => {
+            let mut rng = Rng::new(common.seed);
+            let idx = subset::random_per_class(
+                &dataset.train,
+                dataset.classes.len(),
+                n,
+                &mut rng,
+            )?;
+            prepared.train_subset(&idx)
+        }
+        None => prepared.train.clone(),
+    };
+    let cfg = EvalConfig {
+        model: args.model,
+        nets: args.nets,
+        train: TrainConfig::protocol(args.epochs, args.lr),
+        dsa: args.dsa.clone(),
+        ..EvalConfig::default()
+    };
+    eprintln!(
+        "eval: {} on {} ({}, {} images), {} x {} for {} epochs",
+        dataset.name,
+        training_set,
+        args.preprocess,
+        train_set.len(),
+        cfg.nets,
+        cfg.model,
+        cfg.train.epochs
+    );
+    let result = evaluate_with_bar(&train_set, &prepared, &cfg, common.seed)?;
+    println!(
+        "{} | {} | {}: test accuracy {} %",
+        dataset.name,
+        training_set,
+        cfg.model,
+        result.percent()
+    );
+    if let Some(path) = &args.json {
+        let report = Report {
+            dataset: &dataset.name,
+            training_set,
+            images_per_class: args.random_real,
+            train_images: train_set.len(),
+            seed: common.seed,
+            device: selected.name.clone(),
+            preprocess: args.preprocess,
+            config: &cfg,
+            result: &result,
+        };
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Runs the protocol with a progress bar over all epochs of all networks.
+pub fn evaluate_with_bar(
+    train_set: &haba::data::LabelledImages,
+    prepared: &Prepared,
+    cfg: &EvalConfig,
+    seed: u64,
+) -> anyhow::Result<EvalResult> {
+    let bar = super::progress_bar((cfg.nets * cfg.train.epochs) as u64, "eval");
+    let mut accs: Vec<String> = Vec::new();
+    let result = haba::eval::evaluate(
+        train_set,
+        &prepared.test,
+        prepared.classes,
+        cfg,
+        seed,
+        &mut |p| match p {
+            EvalProgress::Epoch { net, loss, .. } => {
+                bar.inc(1);
+                bar.set_message(format!("net {}/{} loss {loss:.3} {}", net + 1, cfg.nets, accs.join(" ")));
+            }
+            EvalProgress::NetDone { accuracy, .. } => accs.push(format!("{:.1}%", 100.0 * accuracy)),
+        },
+    )?;
+    bar.finish_and_clear();
+    Ok(result)
+}

@@ -1,0 +1,81 @@
+//! One file per subcommand; this file holds the flags every command shares.
+
+mod datasets;
+mod demo;
+mod eval;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use haba::device::{DeviceChoice, Selected};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "haba",
+    version,
+    about = "Dataset distillation via factorization (HaBa) on any WebGPU device",
+    long_about = "Dataset distillation via factorization (HaBa) on any WebGPU device.\n\n\
+                  Without a command, runs the quick demo on the embedded Fashion-MNIST subset."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags every command takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// Seed for every random draw: the same seed on the same device repeats a run.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub seed: u64,
+    /// auto (a hardware GPU if present, else CPU), gpu (any wgpu adapter), cpu, cuda.
+    #[arg(long, global = true, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Directory searched first for datasets (then $HABA_DATA, ./data, system locations).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Common {
+    /// Opens the device and prints the one line that says which and why.
+    pub fn device(&self) -> anyhow::Result<Selected> {
+        let selected = haba::device::select(self.device, self.seed)
+            .with_context(|| format!("opening --device {}", self.device))?;
+        eprintln!("device: {} ({})", selected.name, selected.reason);
+        Ok(selected)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the known datasets and where each was found; optionally download some.
+    Datasets(datasets::Args),
+    /// Train fresh networks on a training set and report test accuracy (SPEC section 6).
+    Eval(eval::Args),
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => demo::run(&cli.common),
+        Some(Command::Datasets(args)) => datasets::run(&cli.common, args),
+        Some(Command::Eval(args)) => eval::run(&cli.common, args),
+    }
+}
+
+/// A progress bar in the house style.
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
