@@ -94,6 +94,32 @@ fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
     })
 }
 
+/// The process-wide wgpu device (any adapter, software ones included). Everything that
+/// wants wgpu goes through here: Burn's wgpu runtime can be initialised only once.
+pub fn wgpu_device() -> Result<Device> {
+    wgpu_adapter()
+        .as_ref()
+        .map(|a| a.device.clone())
+        .map_err(|e| Error::Device(format!("no wgpu adapter could be opened: {e}")))
+}
+
+/// The wgpu device for tests that need one. Without an adapter, such a test fails when
+/// the `CI` environment variable is set (CI installs lavapipe, so the tests must run there)
+/// and is skipped with a note otherwise.
+#[doc(hidden)]
+pub fn gpu_for_tests() -> Option<Device> {
+    match wgpu_device() {
+        Ok(device) => Some(device),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but {e}: install mesa-vulkan-drivers")
+        }
+        Err(e) => {
+            eprintln!("skipping a wgpu test: {e}");
+            None
+        }
+    }
+}
+
 fn flex(reason: String) -> Selected {
     Selected {
         device: Device::flex(),
