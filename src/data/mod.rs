@@ -5,6 +5,9 @@
 
 use std::path::PathBuf;
 
+mod files;
+pub mod idx;
+
 /// Channels, height and width of every image of a dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageShape {
