@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+pub mod cifar;
 mod files;
 pub mod idx;
 
