@@ -8,6 +8,8 @@ use std::path::PathBuf;
 pub mod cifar;
 mod files;
 pub mod idx;
+pub mod mat;
+pub mod svhn;
 
 /// Channels, height and width of every image of a dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
