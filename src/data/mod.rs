@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 pub mod cifar;
 mod files;
+pub mod folder;
 pub mod idx;
 pub mod mat;
 pub mod svhn;
