@@ -20,7 +20,12 @@ pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     if !raw.starts_with(&GZIP_MAGIC) {
         return Ok(raw);
     }
-    let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
+    // The gzip trailer holds the unpacked size (mod 2^32); deflate expands at most ~1032x,
+    // which bounds what a corrupt trailer can make us reserve.
+    let trailer = raw.len().checked_sub(4).map_or(0, |at| {
+        u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]) as usize
+    });
+    let mut out = Vec::with_capacity(trailer.min(raw.len().saturating_mul(1032)));
     flate2::read::MultiGzDecoder::new(raw.as_slice())
         .read_to_end(&mut out)
         .map_err(|e| format_err(path, "a valid gzip stream", format!("corrupt data ({e})")))?;
