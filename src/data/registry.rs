@@ -155,7 +155,7 @@ impl SearchPaths {
         if let Some(env) = env {
             roots.extend(std::env::split_paths(&env).filter(|p| !p.as_os_str().is_empty()));
         }
-        roots.push(PathBuf::from("data"));
+        roots.push(PathBuf::from("./data"));
         roots.push(PathBuf::from(DEBIAN_FASHION_MNIST));
         let mut unique = Vec::with_capacity(roots.len());
         for root in roots {
@@ -171,7 +171,7 @@ impl SearchPaths {
         self.roots
             .first()
             .cloned()
-            .unwrap_or_else(|| PathBuf::from("data"))
+            .unwrap_or_else(|| PathBuf::from("./data"))
     }
 }
 
@@ -448,7 +448,7 @@ mod tests {
             Some("/flag".into()),
             Some(std::env::join_paths(["/env1", "/env2"]).expect("join")),
         );
-        let want: Vec<PathBuf> = ["/flag", "/env1", "/env2", "data", DEBIAN_FASHION_MNIST]
+        let want: Vec<PathBuf> = ["/flag", "/env1", "/env2", "./data", DEBIAN_FASHION_MNIST]
             .iter()
             .map(PathBuf::from)
             .collect();
@@ -456,7 +456,7 @@ mod tests {
         assert_eq!(s.download_root(), PathBuf::from("/flag"));
         let s = SearchPaths::with_env(None, None);
         assert_eq!(s.roots.len(), 2);
-        assert_eq!(s.download_root(), PathBuf::from("data"));
+        assert_eq!(s.download_root(), PathBuf::from("./data"));
     }
 
     #[test]
