@@ -337,6 +337,9 @@ pub fn load(root: &Path, options: &FolderOptions) -> Result<Dataset, DataError> 
             "neither",
         ));
     };
+    if test_items.is_empty() {
+        return Err(format_err(root, "at least one test image", "none"));
+    }
 
     // Without a resize size, the first image sets the size all others must have.
     let (size, resize) = match options.resize {
@@ -365,9 +368,11 @@ pub fn load(root: &Path, options: &FolderOptions) -> Result<Dataset, DataError> 
         labels: items.into_iter().map(|i| i.label).collect(),
     };
     Ok(Dataset {
+        // Canonical, so that `folder:.` is named after the folder too.
         name: root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
+            .canonicalize()
+            .ok()
+            .and_then(|r| Some(r.file_name()?.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "folder".into()),
         classes,
         shape: ImageShape {
@@ -536,6 +541,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("test/c"), "{msg}");
+
+        let no_test = TempDir::new("folder-no-test");
+        no_test.write("train/a/1.png", &png_rgb(2, 2, 1).0);
+        std::fs::create_dir_all(no_test.path().join("test/a")).expect("mkdir");
+        let msg = load(no_test.path(), &FolderOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("at least one test image"), "{msg}");
 
         let empty = TempDir::new("folder-empty");
         let msg = load(empty.path(), &FolderOptions::default())
