@@ -5,6 +5,19 @@
 
 use std::path::PathBuf;
 
+pub mod cifar;
+mod files;
+pub mod folder;
+pub mod idx;
+pub mod mat;
+pub mod registry;
+pub mod svhn;
+
+pub use folder::FolderOptions;
+pub use registry::{
+    DatasetInfo, DatasetStatus, KNOWN, SearchPaths, Source, list, load, load_with, locate, resolve,
+};
+
 /// Channels, height and width of every image of a dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageShape {
