@@ -16,7 +16,11 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, DataError> {
 /// Reads a whole file and gunzips it when it starts with the gzip magic, so that both the
 /// downloaded `.gz` and an unpacked copy work whatever the file is called.
 pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = read(path)?;
+    gunzip_if_gz(path, read(path)?)
+}
+
+/// Unpacks `raw` if it is gzipped (by its magic bytes); `path` names it in errors.
+pub(crate) fn gunzip_if_gz(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
     if !raw.starts_with(&GZIP_MAGIC) {
         return Ok(raw);
     }

@@ -98,7 +98,11 @@ fn header(path: &Path, bytes: &[u8], magic: u32, what: &str) -> Result<Vec<usize
 
 /// Reads an IDX image file (raw or gzipped).
 pub fn read_images(path: &Path) -> Result<IdxImages, DataError> {
-    let mut bytes = read_maybe_gz(path)?;
+    parse_images(path, read_maybe_gz(path)?)
+}
+
+/// Parses the unpacked bytes of an IDX image file; `path` names it in errors.
+pub fn parse_images(path: &Path, mut bytes: Vec<u8>) -> Result<IdxImages, DataError> {
     let dims = header(path, &bytes, IMAGES_MAGIC, "images")?;
     let header_len = 16;
     // Drop the header in place rather than copying the pixels.
@@ -113,8 +117,12 @@ pub fn read_images(path: &Path) -> Result<IdxImages, DataError> {
 
 /// Reads an IDX label file (raw or gzipped) and checks every label is below `classes`.
 pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u16>, DataError> {
-    let bytes = read_maybe_gz(path)?;
-    header(path, &bytes, LABELS_MAGIC, "labels")?;
+    parse_labels(path, &read_maybe_gz(path)?, classes)
+}
+
+/// Parses the unpacked bytes of an IDX label file; `path` names it in errors.
+pub fn parse_labels(path: &Path, bytes: &[u8], classes: usize) -> Result<Vec<u16>, DataError> {
+    header(path, bytes, LABELS_MAGIC, "labels")?;
     let labels = &bytes[8..];
     if let Some((i, &bad)) = labels
         .iter()
@@ -136,8 +144,16 @@ pub fn read_split(
     labels: &Path,
     classes: usize,
 ) -> Result<(Split, ImageShape), DataError> {
-    let img = read_images(images)?;
-    let lab = read_labels(labels, classes)?;
+    pair(read_images(images)?, read_labels(labels, classes)?, images, labels)
+}
+
+/// One split from parsed images and labels, checking that the counts agree.
+pub fn pair(
+    img: IdxImages,
+    lab: Vec<u16>,
+    images: &Path,
+    labels: &Path,
+) -> Result<(Split, ImageShape), DataError> {
     if lab.len() != img.count {
         return Err(format_err(
             labels,

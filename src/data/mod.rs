@@ -6,14 +6,18 @@
 use std::path::PathBuf;
 
 pub mod cifar;
+pub mod embedded;
 mod files;
 pub mod folder;
 pub mod idx;
 pub mod mat;
+pub mod prepare;
 pub mod registry;
+pub mod subset;
 pub mod svhn;
 
 pub use folder::FolderOptions;
+pub use prepare::{LabelledImages, Preprocess, Prepared};
 pub use registry::{
     DatasetInfo, DatasetStatus, KNOWN, SearchPaths, Source, list, load, load_with, locate, resolve,
 };
@@ -90,7 +94,3 @@ pub enum DataError {
     #[error("{0}")]
     Invalid(String),
 }
-pub mod prepare;
-pub mod subset;
-
-pub use prepare::{LabelledImages, Preprocess, Prepared};
