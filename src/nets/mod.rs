@@ -14,6 +14,8 @@ mod lenet;
 mod mlp;
 mod resnet;
 mod stack;
+#[cfg(test)]
+mod tests;
 mod vgg;
 
 use burn::tensor::{Device, Tensor, TensorData};
