@@ -3,7 +3,7 @@
 
 use crate::augment::{Dsa, DsaParams, Strategy};
 use crate::error::{Error, Result};
-use crate::nets::{Arch, NetState, Network};
+use crate::nets::{Arch, Network};
 use crate::rng::Rng;
 use crate::data::LabelledImages;
 use crate::train::{TrainConfig, accuracy, train};
@@ -110,7 +110,7 @@ pub fn evaluate(
     for k in 0..cfg.nets {
         let mut rng = root.fork(k as u64);
         let params = net.init(&mut rng, &device);
-        let mut state = NetState::new(&net, &device);
+        let mut state = net.init_state(&device);
         let params = train(
             &net,
             params,
@@ -121,7 +121,7 @@ pub fn evaluate(
             &mut rng,
             &mut |epoch, loss| on_progress(EvalProgress::Epoch { net: k, epoch, loss }),
         )?;
-        let acc = accuracy(&net, &params, &state, test_set, cfg.test_batch);
+        let acc = accuracy(&net, &params, &state, test_set, cfg.test_batch)?;
         on_progress(EvalProgress::NetDone {
             net: k,
             accuracy: acc,

@@ -164,20 +164,23 @@ pub fn accuracy(
     state: &NetState,
     set: &LabelledImages,
     batch: usize,
-) -> f32 {
+) -> Result<f32> {
     let mut correct = 0usize;
     let all: Vec<usize> = (0..set.len()).collect();
     for chunk in all.chunks(batch.max(1)) {
         let (x, y) = set.batch(chunk);
         let pred = net.forward(params, x, BnMode::Eval(state)).argmax(1);
-        let pred = pred.into_data().convert::<i64>().to_vec::<i64>().unwrap_or_default();
+        let pred = pred
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .map_err(|e| Error::Device(format!("reading predictions back: {e:?}")))?;
         correct += pred
             .iter()
             .zip(&y)
             .filter(|(p, l)| **p == **l as i64)
             .count();
     }
-    correct as f32 / set.len().max(1) as f32
+    Ok(correct as f32 / set.len().max(1) as f32)
 }
 
 #[cfg(test)]
@@ -224,7 +227,7 @@ mod tests {
             let v2 = 0.9 * g1 + 0.5 + 0.01 * p1;
             p1 - 0.1 * v2
         };
-        let got = p.into_data().to_vec::<f32>().unwrap();
+        let got = p.into_data().try_to_vec::<f32>().unwrap();
         assert!((got[0] as f64 - hand(1.0)).abs() < 1e-6);
         assert!((got[1] as f64 - hand(-2.0)).abs() < 1e-6);
     }
@@ -235,7 +238,7 @@ mod tests {
         let mut rng = Rng::new(1);
         let v: Vec<f32> = (0..2 * 3 * 4 * 4).map(|_| rng.range(-3.0, 7.0)).collect();
         let x = Tensor::<4>::from_data(TensorData::new(v, [2, 3, 4, 4]), &device);
-        let y = standardize(x).into_data().to_vec::<f32>().unwrap();
+        let y = standardize(x).into_data().try_to_vec::<f32>().unwrap();
         for c in 0..3 {
             let vals: Vec<f64> = (0..2)
                 .flat_map(|n| (0..16).map(move |i| (n, i)))

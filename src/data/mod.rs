@@ -12,6 +12,7 @@ pub mod folder;
 pub mod idx;
 pub mod mat;
 pub mod prepare;
+pub mod preprocess;
 pub mod registry;
 pub mod subset;
 pub mod svhn;
