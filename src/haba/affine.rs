@@ -118,3 +118,6 @@ fn validate(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
