@@ -9,6 +9,8 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod haba;
+pub mod kernels;
 pub mod nets;
 pub mod rng;
 pub mod train;

@@ -1,0 +1,3 @@
+//! HaBa's factorization: bases and hallucinators (SPEC.md section 1).
+
+pub mod affine;

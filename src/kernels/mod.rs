@@ -1,0 +1,53 @@
+//! Our own WGSL compute shaders (in `shaders/`), wired into Burn's wgpu backend.
+//!
+//! How a kernel reaches Burn (Burn 0.22.1, features `template` + `extension`, no `fusion`):
+//!
+//! 1. A `KernelSource` hands Burn the WGSL text of one shader (placeholders such as
+//!    `{{ workgroup_size }}` filled in) and tags it `"wgsl"`; cubecl compiles it once per
+//!    process and caches it under the kernel's `KernelId`.
+//! 2. `impl ... for CubeBackend` launches it on the tensors' cubecl client. `CubeBackend`
+//!    is one type for every cubecl runtime (wgpu, CUDA, ROCm, CPU), so the launch code
+//!    checks the runtime itself and falls back to tensor ops where WGSL cannot run.
+//! 3. `#[backend_extension(Autodiff, Cube, Flex)]` generates the `Dispatch` routing, so a
+//!    plain `Tensor` reaches the right implementation at run time; our
+//!    `impl ... for Autodiff<B, C>` records a hand-written backward step that calls the
+//!    backward kernel, which is how gradients flow through the custom op.
+//!
+//! Burn's `fusion` feature would make the extension's `Cube` backend `Fusion<CubeBackend>`;
+//! the impls here are for the unfused `CubeBackend` (our Burn features), so turning fusion
+//! on is a compile error here until a `Fusion` impl is written.
+//!
+//! See [`affine`] for the one op so far.
+
+pub mod affine;
+
+use burn::backend::{CubeDevice, DispatchDevice};
+use burn::tensor::Device;
+
+/// The name cubecl gives a wgpu runtime whose compiler emits WGSL.
+///
+/// A wgpu device alone is not enough: with Burn's `vulkan` or `metal` features wgpu
+/// compiles kernels to SPIR-V or MSL ("wgpu<spirv>", "wgpu<msl>") and a WGSL template is
+/// then refused at launch.
+pub(crate) const WGSL_RUNTIME: &str = "wgpu<wgsl>";
+
+/// Whether our WGSL kernels can run on `device`.
+///
+/// Burn 0.22's `Device` is a runtime value: `as_dispatch()` gives the `DispatchDevice`
+/// enum. Its `Autodiff` variant wraps another device, and its `Cube` variant holds a
+/// `cubecl::Device` whose own variant names the runtime (`Wgpu`, `Cuda`, `Cpu`, ...). For
+/// a wgpu device we also ask its client which compiler it uses (see [`WGSL_RUNTIME`]).
+/// Flex, CUDA, the cubecl CPU runtime and anything else answer `false`.
+pub fn wgsl_kernels_available(device: &Device) -> bool {
+    fn check(device: &DispatchDevice) -> bool {
+        match device {
+            // `AutodiffDevice` derefs to the device it wraps.
+            DispatchDevice::Autodiff(inner) => check(inner),
+            DispatchDevice::Cube(cube @ CubeDevice::Wgpu(_)) => {
+                cube.client().name() == WGSL_RUNTIME
+            }
+            _ => false,
+        }
+    }
+    check(device.as_dispatch())
+}
