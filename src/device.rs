@@ -78,6 +78,7 @@ struct WgpuAdapter {
     software: bool,
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
     static ADAPTER: OnceLock<std::result::Result<WgpuAdapter, String>> = OnceLock::new();
     ADAPTER.get_or_init(|| {
@@ -118,6 +119,15 @@ pub fn gpu_for_tests() -> Option<Device> {
             None
         }
     }
+}
+
+/// In a browser the adapter can only be opened asynchronously
+/// (`Device::wgpu_options().init_async()`); the synchronous selection sees none.
+#[cfg(target_arch = "wasm32")]
+fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
+    static NONE: std::result::Result<WgpuAdapter, String> =
+        Err(String::new());
+    &NONE
 }
 
 fn flex(reason: String) -> Selected {
