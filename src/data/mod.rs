@@ -5,6 +5,9 @@
 
 use std::path::PathBuf;
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod download;
+
 /// Channels, height and width of every image of a dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageShape {
@@ -74,6 +77,14 @@ pub enum DataError {
     Unknown(String),
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
+    #[error(
+        "checksum mismatch for {url}: expected {expected}, found {found}; the download was deleted"
+    )]
+    Checksum {
+        url: String,
+        expected: String,
+        found: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }
