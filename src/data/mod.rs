@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod download;
+pub mod preprocess;
 
 /// Channels, height and width of every image of a dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
