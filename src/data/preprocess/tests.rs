@@ -346,3 +346,30 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(broken.on_device(&dev).is_err());
     assert!(broken.apply_slice(&split.images, SHAPE).is_err());
 }
+
+/// `cargo test --release --lib zca_fit_cifar_sized -- --ignored --nocapture`
+#[test]
+#[ignore = "timing: a CIFAR-sized fit takes a minute or two on a small CPU"]
+fn zca_fit_cifar_sized_timing() {
+    let shape = ImageShape {
+        channels: 3,
+        height: 32,
+        width: 32,
+    };
+    let split = correlated_split(50_000, shape, 6);
+    let start = std::time::Instant::now();
+    let fitted = Normalization::fit(NormKind::zca(), &split, shape, &device()).unwrap();
+    println!(
+        "ZCA fit on 50,000 x 3072 (flex): {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let few = &split.images[..8 * shape.numel()];
+    let x = fitted.apply_slice(few, shape).unwrap();
+    let back = fitted.invert_slice(&x, shape).unwrap();
+    let worst = back
+        .iter()
+        .zip(few)
+        .map(|(a, &p)| (a - p as f32 / 255.0).abs())
+        .fold(0.0, f32::max);
+    assert!(worst < 1e-3, "round trip differs by {worst}");
+}
