@@ -452,15 +452,10 @@ fn par_rows(
 mod tests {
     use super::*;
 
-    /// Deterministic numbers in [-0.5, 0.5) (xorshift64).
+    /// Deterministic numbers in [-0.5, 0.5) from the crate's seeded generator.
     fn noise(seed: u64) -> impl FnMut() -> f64 {
-        let mut state = seed.max(1);
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        }
+        let mut rng = crate::rng::Rng::new(seed);
+        move || rng.uniform() as f64 - 0.5
     }
 
     fn random_symmetric(n: usize, seed: u64) -> Vec<f64> {

@@ -6,15 +6,10 @@ fn device() -> Device {
     Device::flex()
 }
 
-/// Deterministic numbers in [-0.5, 0.5) (xorshift64).
+/// Deterministic numbers in [-0.5, 0.5) from the crate's seeded generator.
 fn noise(seed: u64) -> impl FnMut() -> f64 {
-    let mut state = seed.max(1);
-    move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    }
+    let mut rng = crate::rng::Rng::new(seed);
+    move || rng.uniform() as f64 - 0.5
 }
 
 /// `n` images of `shape` whose pixels are strongly correlated: a random mix of a few
