@@ -2,7 +2,7 @@
 //! images per class must beat chance clearly, and the same seed must repeat the numbers.
 
 use burn::tensor::Device;
-use haba::data::{Preprocess, Prepared, embedded, subset};
+use haba::data::{NormKind, Prepared, embedded, subset};
 use haba::eval::{EvalConfig, evaluate};
 use haba::rng::Rng;
 use haba::train::TrainConfig;
@@ -10,7 +10,7 @@ use haba::train::TrainConfig;
 fn quick_eval(seed: u64) -> haba::eval::EvalResult {
     let device = Device::flex();
     let data = embedded::fashion_mnist_subset().unwrap();
-    let prepared = Prepared::new(&data, Preprocess::MeanStd, &device).unwrap();
+    let prepared = Prepared::new(&data, NormKind::MeanStd, &device).unwrap();
     let idx = subset::random_per_class(&data.train, 10, 10, &mut Rng::new(seed)).unwrap();
     let train = prepared.train_subset(&idx);
     let cfg = EvalConfig {

@@ -1,7 +1,7 @@
 //! The main job, run by `haba` with no command: a quick, offline evaluation of random-real
 //! baselines on the embedded Fashion-MNIST subset, small enough for a laptop CPU.
 
-use haba::data::{Preprocess, Prepared, subset};
+use haba::data::{NormKind, Prepared, subset};
 use haba::eval::EvalConfig;
 use haba::nets::Arch;
 use haba::rng::Rng;
@@ -21,7 +21,7 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
         dataset.train.len(),
         dataset.test.len()
     );
-    let prepared = Prepared::new(&dataset, Preprocess::MeanStd, &selected.device)?;
+    let prepared = Prepared::new(&dataset, NormKind::MeanStd, &selected.device)?;
     // A short protocol so the demo finishes in minutes on two CPU cores: a narrow ConvNet,
     // two networks, 300 epochs. `haba eval` defaults to the paper's protocol.
     let cfg = EvalConfig {

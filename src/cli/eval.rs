@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use haba::data::{Preprocess, Prepared, subset};
+use haba::data::{NormKind, Prepared, subset};
 use haba::eval::{EvalConfig, EvalProgress, EvalResult};
 use haba::nets::Arch;
 use haba::rng::Rng;
@@ -38,9 +38,9 @@ pub struct Args {
     /// DSA strategy while training, or `none`.
     #[arg(long, default_value = haba::eval::DEFAULT_DSA)]
     pub dsa: String,
-    /// Preprocessing: meanstd, or zca (fitted on the train split).
+    /// Preprocessing fitted on the train split: meanstd, zca (eps 0.1) or zca:EPS.
     #[arg(long, default_value = "meanstd")]
-    pub preprocess: Preprocess,
+    pub preprocess: NormKind,
     /// Write the numbers and every setting to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -55,7 +55,7 @@ struct Report<'a> {
     train_images: usize,
     seed: u64,
     device: String,
-    preprocess: Preprocess,
+    preprocess: NormKind,
     config: &'a EvalConfig,
     result: &'a EvalResult,
 }

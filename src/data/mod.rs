@@ -6,6 +6,8 @@
 use std::path::PathBuf;
 
 pub mod cifar;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod download;
 pub mod embedded;
 mod files;
 pub mod folder;
@@ -18,7 +20,8 @@ pub mod subset;
 pub mod svhn;
 
 pub use folder::FolderOptions;
-pub use prepare::{LabelledImages, Preprocess, Prepared};
+pub use prepare::{LabelledImages, Prepared};
+pub use preprocess::{NormKind, Normalization};
 pub use registry::{
     DatasetInfo, DatasetStatus, KNOWN, SearchPaths, Source, list, load, load_with, locate, resolve,
 };
@@ -92,6 +95,14 @@ pub enum DataError {
     Unknown(String),
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
+    #[error(
+        "checksum mismatch for {url}: expected {expected}, found {found}; the download was deleted"
+    )]
+    Checksum {
+        url: String,
+        expected: String,
+        found: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }

@@ -1,11 +1,8 @@
 //! From raw `u8` pixels to normalised tensors on a device, ready for training.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::tensor::{Device, Tensor};
 
-use super::preprocess::Normalization;
+use super::preprocess::{NormKind, Normalization};
 use super::{DataError, Dataset, ImageShape, Split};
 
 /// Images (already normalised, NCHW) with their class labels, on one device.
@@ -32,39 +29,6 @@ impl LabelledImages {
     }
 }
 
-/// Which preprocessing to fit on the train split (SPEC section 4).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preprocess {
-    /// Per-channel mean/std normalisation.
-    #[default]
-    MeanStd,
-    /// Mean/std, then ZCA whitening (eps 0.1), as the CIFAR runs do.
-    Zca,
-}
-
-impl FromStr for Preprocess {
-    type Err = DataError;
-    fn from_str(s: &str) -> Result<Self, DataError> {
-        match s.to_ascii_lowercase().as_str() {
-            "meanstd" | "mean-std" => Ok(Self::MeanStd),
-            "zca" => Ok(Self::Zca),
-            _ => Err(DataError::Invalid(format!(
-                "unknown preprocessing `{s}`: use meanstd or zca"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for Preprocess {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::MeanStd => "meanstd",
-            Self::Zca => "zca",
-        })
-    }
-}
-
 /// A dataset moved to a device: both splits normalised with a transform fitted on train.
 pub struct Prepared {
     pub train: LabelledImages,
@@ -75,24 +39,23 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn new(dataset: &Dataset, kind: Preprocess, device: &Device) -> Result<Self, DataError> {
+    pub fn new(dataset: &Dataset, kind: NormKind, device: &Device) -> Result<Self, DataError> {
         if dataset.train.is_empty() || dataset.test.is_empty() {
             return Err(DataError::Invalid(format!(
                 "dataset {} has an empty train or test split",
                 dataset.name
             )));
         }
-        let normalization = match kind {
-            Preprocess::MeanStd => Normalization::fit_mean_std(&dataset.train, dataset.shape),
-            Preprocess::Zca => Normalization::fit_zca(&dataset.train, dataset.shape, device)?,
-        };
-        let to_device = |split: &Split| LabelledImages {
-            images: normalization.apply(&split.images, dataset.shape, device),
-            labels: split.labels.clone(),
+        let normalization = Normalization::fit(kind, &dataset.train, dataset.shape, device)?;
+        let to_device = |split: &Split| -> Result<LabelledImages, DataError> {
+            Ok(LabelledImages {
+                images: normalization.apply(&split.images, dataset.shape, device)?,
+                labels: split.labels.clone(),
+            })
         };
         Ok(Self {
-            train: to_device(&dataset.train),
-            test: to_device(&dataset.test),
+            train: to_device(&dataset.train)?,
+            test: to_device(&dataset.test)?,
             classes: dataset.classes.len(),
             shape: dataset.shape,
             normalization,
