@@ -125,8 +125,7 @@ pub fn gpu_for_tests() -> Option<Device> {
 /// (`Device::wgpu_options().init_async()`); the synchronous selection sees none.
 #[cfg(target_arch = "wasm32")]
 fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
-    static NONE: std::result::Result<WgpuAdapter, String> =
-        Err(String::new());
+    static NONE: std::result::Result<WgpuAdapter, String> = Err(String::new());
     &NONE
 }
 

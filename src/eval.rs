@@ -2,10 +2,10 @@
 //! report their test accuracy, mean ± std.
 
 use crate::augment::{Dsa, DsaParams, Strategy};
+use crate::data::LabelledImages;
 use crate::error::{Error, Result};
 use crate::nets::{Arch, Network};
 use crate::rng::Rng;
-use crate::data::LabelledImages;
 use crate::train::{TrainConfig, accuracy, train};
 
 /// Settings of one evaluation; every field lands in the JSON report.
@@ -119,7 +119,13 @@ pub fn evaluate(
             &cfg.train,
             &dsa,
             &mut rng,
-            &mut |epoch, loss| on_progress(EvalProgress::Epoch { net: k, epoch, loss }),
+            &mut |epoch, loss| {
+                on_progress(EvalProgress::Epoch {
+                    net: k,
+                    epoch,
+                    loss,
+                })
+            },
         )?;
         let acc = accuracy(&net, &params, &state, test_set, cfg.test_batch)?;
         on_progress(EvalProgress::NetDone {

@@ -139,9 +139,9 @@ pub fn train(
             let logits = net.forward(&p, x.autodiff(), BnMode::Train(state));
             let loss = cross_entropy(logits, &y);
             let grads = loss.backward();
-            let grad = p.grad(&grads).ok_or_else(|| {
-                Error::NonFinite("no gradient reached the parameters".into())
-            })?;
+            let grad = p
+                .grad(&grads)
+                .ok_or_else(|| Error::NonFinite("no gradient reached the parameters".into()))?;
             loss_sum = loss_sum + loss.inner();
             params = sgd.step(params, grad, &mut opt_state);
             batches += 1;

@@ -29,5 +29,8 @@ fn random_real_beats_chance_and_repeats_with_its_seed() {
     // 10 classes: chance is 10%. 100 real images give ~60% with the full protocol.
     assert!(a.mean > 0.35, "accuracy {a:?}");
     let b = quick_eval(1);
-    assert_eq!(a.accuracies, b.accuracies, "same seed, same device, same numbers");
+    assert_eq!(
+        a.accuracies, b.accuracies,
+        "same seed, same device, same numbers"
+    );
 }

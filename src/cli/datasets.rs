@@ -31,7 +31,8 @@ pub fn load(common: &Common, name: &str) -> anyhow::Result<Dataset> {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message(format!("loading {name}"));
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let dataset = haba::data::load(name, &search).with_context(|| format!("loading dataset {name}"));
+    let dataset =
+        haba::data::load(name, &search).with_context(|| format!("loading dataset {name}"));
     bar.finish_and_clear();
     let dataset = dataset?;
     eprintln!(
@@ -56,27 +57,43 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
             .or_else(|| common.data_dir.clone())
             .or_else(|| std::env::var_os("HABA_DATA").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("data"));
-        let mirror = std::env::var("HABA_MIRROR").ok();
+        let mirror = haba::data::download::mirror_from_env();
         for name in &args.download {
             let path = haba::data::download::download(name, &dest, mirror.as_deref())
                 .with_context(|| format!("downloading {name} into {}", dest.display()))?;
             eprintln!("{name}: ready in {}", path.display());
         }
     }
-    println!("{:<16} {:<10} {}", "dataset", "status", "location / description");
-    println!("{:<16} {:<10} {}", "embedded", "built in", "Fashion-MNIST subset, 500 train + 100 test per class");
+    println!("{:<16} {:<10} location / description", "dataset", "status");
+    println!(
+        "{:<16} {:<10} Fashion-MNIST subset, 500 train + 100 test per class",
+        "embedded", "built in"
+    );
     for status in haba::data::list(&search) {
         let (state, place) = match &status.found {
             Some(path) => ("found", path.display().to_string()),
-            None if status.downloadable => ("missing", format!("{} (haba datasets --download {})", status.description, status.name)),
+            None if status.downloadable => (
+                "missing",
+                format!(
+                    "{} (haba datasets --download {})",
+                    status.description, status.name
+                ),
+            ),
             None => ("missing", status.description.clone()),
         };
         println!("{:<16} {:<10} {}", status.name, state, place);
     }
     println!(
         "\nsearched, in order: {}",
-        search.roots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        search
+            .roots
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    println!("any class-per-folder image tree loads with --dataset PATH (train/ and test/ or val/ inside)");
+    println!(
+        "any class-per-folder image tree loads with --dataset PATH (train/ and test/ or val/ inside)"
+    );
     Ok(())
 }

@@ -43,10 +43,17 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
         let result = super::eval::evaluate_with_bar(&set, &prepared, &cfg, common.seed)?;
         rows.push((ipc, result));
     }
-    println!("\nFashion-MNIST (embedded subset), test accuracy %, {} x {}:", cfg.nets, cfg.model);
+    println!(
+        "\nFashion-MNIST (embedded subset), test accuracy %, {} x {}:",
+        cfg.nets, cfg.model
+    );
     println!("{:<24} {:>16}", "training set", "accuracy");
     for (ipc, result) in &rows {
-        println!("{:<24} {:>16}", format!("random real, {ipc}/class"), result.percent());
+        println!(
+            "{:<24} {:>16}",
+            format!("random real, {ipc}/class"),
+            result.percent()
+        );
     }
     Ok(())
 }

@@ -77,12 +77,7 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
     let train_set = match args.random_real {
         Some(n) => {
             let mut rng = Rng::new(common.seed);
-            let idx = subset::random_per_class(
-                &dataset.train,
-                dataset.classes.len(),
-                n,
-                &mut rng,
-            )?;
+            let idx = subset::random_per_class(&dataset.train, dataset.classes.len(), n, &mut rng)?;
             prepared.train_subset(&idx)
         }
         None => prepared.train.clone(),
@@ -149,9 +144,16 @@ pub fn evaluate_with_bar(
         &mut |p| match p {
             EvalProgress::Epoch { net, loss, .. } => {
                 bar.inc(1);
-                bar.set_message(format!("net {}/{} loss {loss:.3} {}", net + 1, cfg.nets, accs.join(" ")));
+                bar.set_message(format!(
+                    "net {}/{} loss {loss:.3} {}",
+                    net + 1,
+                    cfg.nets,
+                    accs.join(" ")
+                ));
             }
-            EvalProgress::NetDone { accuracy, .. } => accs.push(format!("{:.1}%", 100.0 * accuracy)),
+            EvalProgress::NetDone { accuracy, .. } => {
+                accs.push(format!("{:.1}%", 100.0 * accuracy))
+            }
         },
     )?;
     bar.finish_and_clear();

@@ -51,7 +51,10 @@ mod tests {
     #[test]
     fn embedded_subset_is_balanced_and_whole() {
         let d = super::fashion_mnist_subset().unwrap();
-        assert_eq!((d.shape.channels, d.shape.height, d.shape.width), (1, 28, 28));
+        assert_eq!(
+            (d.shape.channels, d.shape.height, d.shape.width),
+            (1, 28, 28)
+        );
         assert_eq!((d.train.len(), d.test.len()), (5000, 1000));
         assert_eq!(d.train.images.len(), 5000 * 784);
         for c in 0..10u16 {
@@ -59,7 +62,8 @@ mod tests {
             assert_eq!(d.test.labels.iter().filter(|&&l| l == c).count(), 100);
         }
         // Real images, not zeros: Fashion-MNIST's mean pixel is about 73 of 255.
-        let mean = d.train.images.iter().map(|&p| p as f64).sum::<f64>() / d.train.images.len() as f64;
+        let mean =
+            d.train.images.iter().map(|&p| p as f64).sum::<f64>() / d.train.images.len() as f64;
         assert!((60.0..90.0).contains(&mean), "{mean}");
     }
 }

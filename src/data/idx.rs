@@ -144,7 +144,12 @@ pub fn read_split(
     labels: &Path,
     classes: usize,
 ) -> Result<(Split, ImageShape), DataError> {
-    pair(read_images(images)?, read_labels(labels, classes)?, images, labels)
+    pair(
+        read_images(images)?,
+        read_labels(labels, classes)?,
+        images,
+        labels,
+    )
 }
 
 /// One split from parsed images and labels, checking that the counts agree.

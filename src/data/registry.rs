@@ -305,7 +305,10 @@ fn not_found(info: &DatasetInfo, search: &SearchPaths) -> DataError {
         search.download_root().join(info.dirs[0]).display()
     );
     let hint = if info.downloadable {
-        format!("Run with `--download` to fetch it, or {layout}.{partial}")
+        format!(
+            "Fetch it with `haba datasets --download {}`, or {layout}.{partial}",
+            info.name
+        )
     } else {
         format!("To use it, {layout}.{partial}")
     };

@@ -48,7 +48,14 @@ impl HallucinatorShape {
     fn sizes(&self) -> [usize; 6] {
         let (c, cb, k) = (self.channels, self.basis_channels, self.kernel);
         let (mh, mw) = self.map_size();
-        [c * cb * k * k, c, c * mh * mw, c * mh * mw, c * c * k * k, c]
+        [
+            c * cb * k * k,
+            c,
+            c * mh * mw,
+            c * mh * mw,
+            c * c * k * k,
+            c,
+        ]
     }
 
     fn offsets(&self) -> Offsets {
@@ -260,8 +267,8 @@ mod tests {
                     for o in 0..c {
                         for a in 0..k {
                             for b in 0..k {
-                                y[(o * h + i + a) * w + jj + b] += z[(ci * mh + i) * mw + jj]
-                                    * dw[((ci * c + o) * k + a) * k + b];
+                                y[(o * h + i + a) * w + jj + b] +=
+                                    z[(ci * mh + i) * mw + jj] * dw[((ci * c + o) * k + a) * k + b];
                             }
                         }
                     }

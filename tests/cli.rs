@@ -1,0 +1,168 @@
+//! The command line as a user meets it: listings, a short evaluation with its JSON report,
+//! and clear errors for bad input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn haba(args: &[&str], data_dir: &PathBuf) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_haba"))
+        .args(args)
+        .env("HABA_DATA", data_dir)
+        .output()
+        .expect("the haba binary runs")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("haba-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn datasets_lists_every_known_dataset_and_the_search_path() {
+    let dir = temp_dir("list");
+    let out = haba(&["datasets", "--data-dir", dir.to_str().unwrap()], &dir);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for name in [
+        "embedded",
+        "mnist",
+        "fashion-mnist",
+        "cifar10",
+        "cifar100",
+        "svhn",
+    ] {
+        assert!(t.contains(name), "{name} missing from:\n{t}");
+    }
+    assert!(t.contains(dir.to_str().unwrap()), "{t}");
+}
+
+#[test]
+fn eval_writes_a_json_report_with_every_setting() {
+    let dir = temp_dir("eval");
+    let json = dir.join("out.json");
+    let out = haba(
+        &[
+            "eval",
+            "--dataset",
+            "embedded",
+            "--random-real",
+            "1",
+            "--nets",
+            "2",
+            "--epochs",
+            "3",
+            "--model",
+            "ConvNetW32",
+            "--device",
+            "cpu",
+            "--seed",
+            "5",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("device: cpu"), "the device line is printed: {t}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["seed"], 5);
+    assert_eq!(report["train_images"], 10);
+    assert_eq!(report["config"]["model"], "ConvNetW32");
+    assert_eq!(report["config"]["train"]["epochs"], 3);
+    let accs = report["result"]["accuracies"].as_array().unwrap();
+    assert_eq!(accs.len(), 2);
+    let mean = accs.iter().map(|a| a.as_f64().unwrap()).sum::<f64>() / 2.0;
+    assert!((report["result"]["mean"].as_f64().unwrap() - mean).abs() < 1e-6);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = temp_dir("errors");
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &[
+                "eval",
+                "--dataset",
+                "cifar10",
+                "--random-real",
+                "1",
+                "--device",
+                "cpu",
+            ],
+            &["cifar10", "not found", "--download"],
+        ),
+        (
+            &["eval", "--dataset", "embedded", "--device", "cpu"],
+            &["--random-real N or --whole"],
+        ),
+        (
+            &[
+                "eval",
+                "--dataset",
+                "embedded",
+                "--random-real",
+                "501",
+                "--device",
+                "cpu",
+            ],
+            &["fewer than the 501"],
+        ),
+        (&["eval", "--model", "ConvNetQQ", "--whole"], &["ConvNetQQ"]),
+        (&["--device", "tpu"], &["tpu", "auto, gpu, cpu or cuda"]),
+    ];
+    for (args, needles) in cases {
+        let out = haba(args, &dir);
+        let t = text(&out);
+        assert!(!out.status.success(), "{args:?} should fail:\n{t}");
+        assert!(!t.contains("panicked"), "{args:?} panicked:\n{t}");
+        for n in needles {
+            assert!(t.contains(n), "{args:?}: `{n}` missing from:\n{t}");
+        }
+    }
+}
+
+#[test]
+fn truncated_dataset_file_names_the_file() {
+    let dir = temp_dir("truncated");
+    let fm = dir.join("fashion-mnist");
+    std::fs::create_dir_all(&fm).unwrap();
+    // Valid headers promising more images than the files hold.
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 28, 0, 0, 0, 28];
+    images.extend(vec![0u8; 100]);
+    let labels = [0u8, 0, 8, 1, 0, 0, 0, 5, 0, 1, 2, 3, 4];
+    for split in ["train", "t10k"] {
+        std::fs::write(fm.join(format!("{split}-images-idx3-ubyte")), &images).unwrap();
+        std::fs::write(fm.join(format!("{split}-labels-idx1-ubyte")), labels).unwrap();
+    }
+    let out = haba(
+        &[
+            "eval",
+            "--dataset",
+            "fashion-mnist",
+            "--whole",
+            "--device",
+            "cpu",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("train-images-idx3-ubyte") && t.contains("bytes"),
+        "{t}"
+    );
+}
