@@ -1,4 +1,156 @@
-//! HaBa's factorization: bases and hallucinators (SPEC.md section 1).
+//! HaBa's factorization: bases and hallucinators (SPEC.md section 1), and the plain
+//! synthetic set of the base methods as its special case without hallucinators.
 
 pub mod affine;
 pub mod hallucinator;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::data::{DataError, ImageShape, Split};
+use crate::rng::Rng;
+pub use hallucinator::HallucinatorShape;
+
+/// What distillation learns and an artifact stores. Training images are
+/// `H_j(bases[i])` labelled `labels[i]` for every hallucinator j, or the bases themselves
+/// when there are no hallucinators (plain DM/MTT images).
+#[derive(Clone, Debug)]
+pub struct Factorization {
+    /// `[classes * per_class, Cb, H, W]`, class-major (all bases of class 0 first).
+    pub bases: Tensor<4>,
+    pub labels: Vec<u16>,
+    pub hallucinators: Option<Hallucinators>,
+}
+
+/// M hallucinators: their shapes and all their parameters in one flat vector.
+#[derive(Clone, Debug)]
+pub struct Hallucinators {
+    pub shape: HallucinatorShape,
+    pub params: Tensor<1>,
+}
+
+/// Floats stored, honestly counted (SPEC section 1).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Storage {
+    pub base_floats: usize,
+    pub hallucinator_floats: usize,
+    pub total_floats: usize,
+    /// `total_floats / (C * H * W)`: how many real images the same floats would hold.
+    pub image_equivalents: f64,
+    pub image_equivalents_per_class: f64,
+}
+
+impl Storage {
+    pub fn new(
+        base_floats: usize,
+        hallucinator_floats: usize,
+        image: ImageShape,
+        classes: usize,
+    ) -> Self {
+        let total = base_floats + hallucinator_floats;
+        let eq = total as f64 / image.numel() as f64;
+        Self {
+            base_floats,
+            hallucinator_floats,
+            total_floats: total,
+            image_equivalents: eq,
+            image_equivalents_per_class: eq / classes.max(1) as f64,
+        }
+    }
+}
+
+/// How a synthetic set starts (SPEC: real images of each class, or noise).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseInit {
+    #[default]
+    Real,
+    Noise,
+}
+
+impl Factorization {
+    /// Number of bases (or plain images).
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn storage(&self, image: ImageShape, classes: usize) -> Storage {
+        Storage::new(
+            self.bases.shape().num_elements(),
+            self.hallucinators
+                .as_ref()
+                .map_or(0, |h| h.shape.num_params()),
+            image,
+            classes,
+        )
+    }
+
+    /// The training image for basis `i` through hallucinator `h[i]` for a batch of bases
+    /// (the bases themselves when there are no hallucinators).
+    pub fn images(&self, bases: Tensor<4>, h: &[usize]) -> Result<Tensor<4>, crate::Error> {
+        match &self.hallucinators {
+            None => Ok(bases),
+            Some(hal) => hal
+                .shape
+                .apply(&hal.params, bases, h)
+                .map_err(|e| crate::Error::Config(e.to_string())),
+        }
+    }
+
+    /// Every training image: each basis through every hallucinator, hallucinator-major
+    /// (`M * len` images), with their labels.
+    pub fn all_images(&self) -> Result<(Tensor<4>, Vec<u16>), crate::Error> {
+        let m = self.hallucinators.as_ref().map_or(1, |h| h.shape.count);
+        let n = self.len();
+        let bases = Tensor::cat(vec![self.bases.clone(); m], 0);
+        let h: Vec<usize> = (0..m).flat_map(|j| std::iter::repeat_n(j, n)).collect();
+        let labels = (0..m).flat_map(|_| self.labels.iter().copied()).collect();
+        Ok((self.images(bases, &h)?, labels))
+    }
+}
+
+/// Initial bases: `per_class` random real images of each class (already normalised, from
+/// `train_images` of the prepared train split with its labels), or standard-normal noise.
+/// Single-channel bases (`channels == 1` for a colour dataset) average the real image's
+/// channels, as the reference does.
+pub fn init_bases(
+    train_images: &Tensor<4>,
+    split: &Split,
+    classes: usize,
+    per_class: usize,
+    channels: usize,
+    init: BaseInit,
+    rng: &mut Rng,
+) -> Result<(Tensor<4>, Vec<u16>), DataError> {
+    let [_, c, h, w] = train_images.dims();
+    let device: Device = train_images.device();
+    let labels: Vec<u16> = (0..classes)
+        .flat_map(|k| std::iter::repeat_n(k as u16, per_class))
+        .collect();
+    let n = classes * per_class;
+    let bases = match init {
+        BaseInit::Noise => {
+            let v: Vec<f32> = (0..n * channels * h * w).map(|_| rng.normal()).collect();
+            Tensor::from_data(TensorData::new(v, [n, channels, h, w]), &device)
+        }
+        BaseInit::Real => {
+            let idx = crate::data::subset::random_per_class(split, classes, per_class, rng)?;
+            let real = train_images
+                .clone()
+                .select(0, crate::train::index_tensor(&idx, &device));
+            if channels == c {
+                real
+            } else if channels == 1 {
+                real.mean_dim(1)
+            } else {
+                return Err(DataError::Invalid(format!(
+                    "bases with {channels} channels cannot start from {c}-channel images"
+                )));
+            }
+        }
+    };
+    Ok((bases, labels))
+}
