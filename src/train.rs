@@ -72,6 +72,14 @@ pub struct TrainConfig {
     /// Standardise every batch with its own per-channel mean and std (the HaBa evaluation
     /// of hallucinated images does this; plain real-image training does not).
     pub standardize_batches: bool,
+    /// The set holds this many views of each item, view-major (HaBa: one view per
+    /// hallucinator). Each epoch visits every item once, through a randomly drawn view.
+    #[serde(default = "one")]
+    pub views: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainConfig {
@@ -86,6 +94,7 @@ impl TrainConfig {
             },
             decay_epoch: Some(epochs / 2),
             standardize_batches: false,
+            views: 1,
         }
     }
 }
@@ -119,6 +128,14 @@ pub fn train(
     if set.is_empty() {
         return Err(Error::Config("cannot train on an empty set".into()));
     }
+    let views = cfg.views.max(1);
+    if set.len() % views != 0 {
+        return Err(Error::Config(format!(
+            "{} images cannot be {views} views of the same items",
+            set.len()
+        )));
+    }
+    let items = set.len() / views;
     let mut params = params;
     let mut opt_state = cfg.sgd.state();
     for epoch in 0..cfg.epochs {
@@ -126,7 +143,11 @@ pub fn train(
         if cfg.decay_epoch.is_some_and(|d| epoch >= d) {
             sgd.lr *= 0.1;
         }
-        let order = rng.permutation(set.len());
+        let order: Vec<usize> = rng
+            .permutation(items)
+            .into_iter()
+            .map(|i| rng.below(views) * items + i)
+            .collect();
         let mut loss_sum = Tensor::<1>::zeros([1], &params.device());
         let mut batches = 0;
         for chunk in order.chunks(cfg.batch.max(1)) {

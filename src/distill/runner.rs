@@ -1,0 +1,310 @@
+//! The distillation loop: one [`Distiller::step`] is one iteration of SPEC 2.2 (with HaBa's
+//! 2.4 terms), reading top to bottom as data -> bases -> hallucinators -> augmentation ->
+//! embedder -> loss -> update.
+
+use burn::tensor::Tensor;
+
+use super::config::DistillConfig;
+use super::dm::dm_loss;
+use crate::augment::Dsa;
+use crate::data::{ImageShape, Prepared};
+use crate::error::{Error, Result};
+use crate::eval::dsa_from_name;
+use crate::haba::contrastive::{Adversary, diversity_loss};
+use crate::haba::{Factorization, HallucinatorShape, Hallucinators, Storage, init_bases};
+use crate::nets::Network;
+use crate::rng::Rng;
+use crate::train::{Sgd, SgdState, index_tensor};
+
+/// Losses of one iteration, for the progress bar and `metrics.jsonl`.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Losses {
+    /// The base objective (DM's embedding distance).
+    pub objective: f32,
+    /// HaBa's diversity term λ_cos * mean((cos + 1) / 2), 0 when off.
+    pub diversity: f32,
+    /// The adversary's own loss after its step, 0 when off.
+    pub adversary: f32,
+}
+
+/// How many bases per class HaBa may keep so its floats fit the plain method's at `ipc`
+/// images per class (SPEC section 1's storage rule); an error when not even one fits.
+pub fn budget_bases_per_class(
+    ipc: usize,
+    image: ImageShape,
+    classes: usize,
+    hal: &HallucinatorShape,
+) -> Result<usize> {
+    let budget = ipc * classes * image.numel();
+    let hal_floats = hal.num_params();
+    let per_basis = hal.basis_channels * image.height * image.width;
+    let left = budget.saturating_sub(hal_floats);
+    let per_class = left / (classes * per_basis);
+    if per_class == 0 {
+        return Err(Error::Config(format!(
+            "--budget-equal: at {ipc} image(s) per class the budget is {budget} floats; \
+             {} hallucinators take {hal_floats}, which leaves {left}, less than one basis \
+             per class ({} floats). Use fewer hallucinators, single-channel bases, or a \
+             higher --ipc",
+            hal.count,
+            classes * per_basis
+        )));
+    }
+    Ok(per_class)
+}
+
+/// The state of a running distillation.
+pub struct Distiller {
+    pub cfg: DistillConfig,
+    pub factorization: Factorization,
+    pub iteration: usize,
+    pub bases_per_class: usize,
+    classes: usize,
+    image: ImageShape,
+    dsa: Dsa,
+    by_class: Vec<Vec<usize>>,
+    bases_opt: (Sgd, SgdState),
+    hal_opt: Option<(Sgd, SgdState)>,
+    pub adversary: Option<Adversary>,
+}
+
+impl Distiller {
+    /// A fresh run: bases from real images (or noise), new hallucinators and adversary.
+    pub fn new(cfg: DistillConfig, data: &Prepared, train_split: &crate::data::Split) -> Result<Self> {
+        cfg.validate()?;
+        let device = data.train.images.device();
+        let (classes, image) = (data.classes, data.shape);
+        let mut rng = Rng::new(cfg.seed);
+        let hal_shape = HallucinatorShape {
+            count: cfg.hallucinators,
+            basis_channels: if cfg.single_channel { 1 } else { image.channels },
+            channels: image.channels,
+            kernel: cfg.kernel,
+            height: image.height,
+            width: image.width,
+        };
+        if cfg.haba && (cfg.kernel > image.height || cfg.kernel > image.width) {
+            return Err(Error::Config(format!(
+                "kernel {} is larger than the {}x{} images",
+                cfg.kernel, image.height, image.width
+            )));
+        }
+        let bases_per_class = if cfg.haba && cfg.budget_equal {
+            budget_bases_per_class(cfg.ipc, image, classes, &hal_shape)?
+        } else {
+            cfg.ipc
+        };
+        let channels = if cfg.haba { hal_shape.basis_channels } else { image.channels };
+        let (bases, labels) = init_bases(
+            &data.train.images,
+            train_split,
+            classes,
+            bases_per_class,
+            channels,
+            cfg.init,
+            &mut rng,
+        )?;
+        let hallucinators = cfg.haba.then(|| Hallucinators {
+            shape: hal_shape,
+            params: hal_shape.init(&mut rng, &device),
+        });
+        let adversary = match (&cfg.contrastive, cfg.haba) {
+            (Some(_), true) => Some(Adversary::new(image, classes, &mut rng, &device)?),
+            _ => None,
+        };
+        let sgd = |lr, momentum| Sgd {
+            lr,
+            momentum,
+            weight_decay: 0.0,
+        };
+        let bases_sgd = sgd(cfg.lr_bases, cfg.momentum_bases);
+        let hal_opt = cfg.haba.then(|| {
+            let s = sgd(cfg.lr_hallucinators, cfg.momentum_hallucinators);
+            let st = s.state();
+            (s, st)
+        });
+        let mut by_class = vec![Vec::new(); classes];
+        for (i, &l) in data.train.labels.iter().enumerate() {
+            by_class[l as usize].push(i);
+        }
+        Ok(Self {
+            dsa: dsa_from_name(&cfg.dsa)?,
+            bases_opt: {
+                let st = bases_sgd.state();
+                (bases_sgd, st)
+            },
+            cfg,
+            factorization: Factorization {
+                bases,
+                labels,
+                hallucinators,
+            },
+            iteration: 0,
+            bases_per_class,
+            classes,
+            image,
+            by_class,
+            hal_opt,
+            adversary,
+        })
+    }
+
+    pub fn storage(&self) -> Storage {
+        self.factorization.storage(self.image, self.classes)
+    }
+
+    /// One iteration: a fresh random embedder, the DM loss per class on real vs synthetic
+    /// images (plus HaBa's diversity term), one SGD step on bases and hallucinators, then
+    /// one step of the adversary.
+    pub fn step(&mut self, data: &Prepared) -> Result<Losses> {
+        let mut rng = Rng::new(self.cfg.seed).fork(self.iteration as u64 + 1);
+        let device = self.factorization.bases.device();
+        let (n, per_class) = (self.factorization.len(), self.bases_per_class);
+
+        // A fresh, untrained embedder each iteration (DM).
+        let embedder = Network::new(&self.cfg.embedder, self.image, self.classes)?;
+        let embed_params = embedder.init(&mut rng, &device);
+
+        // Learnable tensors, tracked for this iteration's backward.
+        let bases = self.factorization.bases.clone().autodiff().require_grad();
+        let hal_params = self
+            .factorization
+            .hallucinators
+            .as_ref()
+            .map(|h| h.params.clone().autodiff().require_grad());
+        let tracked = Factorization {
+            bases: bases.clone(),
+            labels: self.factorization.labels.clone(),
+            hallucinators: self.factorization.hallucinators.as_ref().map(|h| Hallucinators {
+                shape: h.shape,
+                params: hal_params.clone().expect("set with the hallucinators"),
+            }),
+        };
+        let m = tracked.hallucinators.as_ref().map_or(1, |h| h.shape.count);
+
+        // Synthetic images: every basis through a hallucinator drawn for it.
+        let h: Vec<usize> = (0..n).map(|_| rng.below(m)).collect();
+        let syn = tracked.images(bases.clone(), &h)?;
+        let syn: Vec<Tensor<4>> = (0..self.classes)
+            .map(|c| syn.clone().narrow(0, c * per_class, per_class))
+            .collect();
+        // Real batches, one per class.
+        let real: Vec<Tensor<4>> = self
+            .by_class
+            .iter()
+            .map(|idx| {
+                let take = self.cfg.batch_real.min(idx.len());
+                let pick: Vec<usize> = (0..take).map(|_| idx[rng.below(idx.len())]).collect();
+                data.train
+                    .images
+                    .clone()
+                    .select(0, index_tensor(&pick, &device))
+                    .autodiff()
+            })
+            .collect();
+        let objective = dm_loss(&embedder, &embed_params, &real, &syn, &self.dsa, rng.next_u64());
+
+        // HaBa's diversity term: two different hallucinators on the same bases should look
+        // different to the adversary.
+        let mut loss = objective.clone();
+        let mut diversity = 0.0;
+        if let (Some(adv), Some(w)) = (&self.adversary, &self.cfg.contrastive) {
+            let (x0, x1) = self.pair(&tracked, bases.clone(), &mut rng)?;
+            let d = diversity_loss(adv.features(x0), adv.features(x1)).mul_scalar(w.cos);
+            diversity = d.clone().into_scalar::<f32>();
+            loss = loss + d;
+        }
+        let objective = objective.into_scalar::<f32>();
+        if !objective.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "the {} loss became {objective} at iteration {}; lower --lr-bases",
+                self.cfg.method, self.iteration
+            )));
+        }
+
+        let grads = loss.backward();
+        let g_bases = bases
+            .grad(&grads)
+            .ok_or_else(|| Error::NonFinite("no gradient reached the bases".into()))?;
+        let (sgd, st) = &mut self.bases_opt;
+        self.factorization.bases = sgd.step(self.factorization.bases.clone(), g_bases, st);
+        if let (Some(p), Some((sgd, st)), Some(hal)) = (
+            &hal_params,
+            &mut self.hal_opt,
+            &mut self.factorization.hallucinators,
+        ) {
+            let g = p
+                .grad(&grads)
+                .ok_or_else(|| Error::NonFinite("no gradient reached the hallucinators".into()))?;
+            hal.params = sgd.step(hal.params.clone(), g, st);
+        }
+
+        // The adversary's own step, on a fresh pair of detached views.
+        let mut adversary = 0.0;
+        if let (Some(w), true) = (self.cfg.contrastive, self.adversary.is_some()) {
+            let (x0, x1) = self.pair(
+                &self.factorization,
+                self.factorization.bases.clone(),
+                &mut rng,
+            )?;
+            let labels = self.factorization.labels.clone();
+            let adv = self.adversary.as_mut().expect("checked above");
+            adversary = adv.step(x0, x1, &labels, &w)?;
+        }
+        self.iteration += 1;
+        Ok(Losses {
+            objective,
+            diversity,
+            adversary,
+        })
+    }
+
+    /// The same bases through two different hallucinators j != k (one pair for the batch,
+    /// as the reference), each view augmented with its own DSA draws.
+    fn pair(
+        &self,
+        fact: &Factorization,
+        bases: Tensor<4>,
+        rng: &mut Rng,
+    ) -> Result<(Tensor<4>, Tensor<4>)> {
+        let m = fact.hallucinators.as_ref().map_or(1, |h| h.shape.count);
+        let n = fact.len();
+        let j = rng.below(m);
+        let k = (j + 1 + rng.below(m - 1)) % m;
+        let x0 = fact.images(bases.clone(), &vec![j; n])?;
+        let x1 = fact.images(bases, &vec![k; n])?;
+        Ok((
+            self.dsa.apply(x0, rng.next_u64()),
+            self.dsa.apply(x1, rng.next_u64()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_equal_counts_floats_like_the_paper() {
+        let cifar = ImageShape {
+            channels: 3,
+            height: 32,
+            width: 32,
+        };
+        let hal = |count, basis_channels| HallucinatorShape {
+            count,
+            basis_channels,
+            channels: 3,
+            kernel: 3,
+            height: 32,
+            width: 32,
+        };
+        // IPC 10: 307,200 floats; 5 hallucinators take 27,840; 279,360 / 30,720 = 9.09.
+        assert_eq!(budget_bases_per_class(10, cifar, 10, &hal(5, 3)).unwrap(), 9);
+        // Single-channel bases cost a third: 279,360 / 10,240 = 27.3.
+        assert_eq!(budget_bases_per_class(10, cifar, 10, &hal(5, 1)).unwrap(), 27);
+        // IPC 1: 30,720 - 27,840 = 2,880 floats, not one basis per class.
+        let err = budget_bases_per_class(1, cifar, 10, &hal(5, 3)).unwrap_err();
+        assert!(err.to_string().contains("less than one basis"), "{err}");
+    }
+}
