@@ -187,6 +187,12 @@ impl Network {
         self.head().apply(params, features)
     }
 
+    /// Logits from features that [`Network::embed`] returned: the final linear layer alone,
+    /// for callers that need both (HaBa's adversary) without running the body twice.
+    pub fn classify(&self, params: &Tensor<1>, features: Tensor<2>) -> Tensor<2> {
+        self.head().apply(params, features)
+    }
+
     /// The features [N, embed_dim] that feed the final linear layer (what distribution
     /// matching compares). For ConvNet, AlexNet, VGG and ResNet this is the reference's
     /// `embed`; LeNet and MLP, which have none there, give their last hidden layer.

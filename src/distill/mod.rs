@@ -1,0 +1,3 @@
+//! Distillation objectives and (later) the loop that optimises a factorization with them.
+
+pub mod dm;
