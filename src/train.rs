@@ -33,18 +33,24 @@ pub struct Sgd {
     pub weight_decay: f32,
 }
 
-/// The optimiser's state for one parameter vector.
-pub struct SgdState {
-    velocity: Option<Tensor<1>>,
+/// The optimiser's state for one parameter tensor (its momentum buffer).
+#[derive(Clone, Debug)]
+pub struct SgdState<const D: usize = 1> {
+    pub velocity: Option<Tensor<D>>,
 }
 
 impl Sgd {
-    pub fn state(&self) -> SgdState {
+    pub fn state<const D: usize>(&self) -> SgdState<D> {
         SgdState { velocity: None }
     }
 
     /// One step: returns the updated parameters (detached from any graph).
-    pub fn step(&self, params: Tensor<1>, grad: Tensor<1>, state: &mut SgdState) -> Tensor<1> {
+    pub fn step<const D: usize>(
+        &self,
+        params: Tensor<D>,
+        grad: Tensor<D>,
+        state: &mut SgdState<D>,
+    ) -> Tensor<D> {
         let mut g = grad;
         if self.weight_decay != 0.0 {
             g = g + params.clone().mul_scalar(self.weight_decay);

@@ -24,7 +24,9 @@ impl std::str::FromStr for Method {
             "mtt" | "dc" | "dsa" => Err(Error::Config(format!(
                 "method `{s}` is not implemented yet; available: dm"
             ))),
-            _ => Err(Error::Config(format!("unknown method `{s}`; available: dm"))),
+            _ => Err(Error::Config(format!(
+                "unknown method `{s}`; available: dm"
+            ))),
         }
     }
 }
@@ -256,7 +258,9 @@ mod tests {
         let partial = DistillConfig::from_toml("ipc = 3\nhaba = false\n").unwrap();
         assert_eq!((partial.ipc, partial.haba), (3, false));
         assert_eq!(partial.iterations, DistillConfig::default().iterations);
-        let err = DistillConfig::from_toml("ipcc = 3").unwrap_err().to_string();
+        let err = DistillConfig::from_toml("ipcc = 3")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ipcc"), "{err}");
     }
 
@@ -275,7 +279,12 @@ mod tests {
             hallucinators: 1,
             ..DistillConfig::default()
         };
-        assert!(cfg.validate().unwrap_err().to_string().contains("two different"));
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("two different")
+        );
         let cfg = DistillConfig {
             lr_bases: f32::NAN,
             ..DistillConfig::default()

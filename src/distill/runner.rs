@@ -10,7 +10,7 @@ use crate::augment::Dsa;
 use crate::data::{ImageShape, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::dsa_from_name;
-use crate::haba::contrastive::{Adversary, diversity_loss};
+use crate::haba::contrastive::{Adversary, augment_pair};
 use crate::haba::{Factorization, HallucinatorShape, Hallucinators, Storage, init_bases};
 use crate::nets::Network;
 use crate::rng::Rng;
@@ -63,21 +63,29 @@ pub struct Distiller {
     image: ImageShape,
     dsa: Dsa,
     by_class: Vec<Vec<usize>>,
-    bases_opt: (Sgd, SgdState),
+    bases_opt: (Sgd, SgdState<4>),
     hal_opt: Option<(Sgd, SgdState)>,
     pub adversary: Option<Adversary>,
 }
 
 impl Distiller {
     /// A fresh run: bases from real images (or noise), new hallucinators and adversary.
-    pub fn new(cfg: DistillConfig, data: &Prepared, train_split: &crate::data::Split) -> Result<Self> {
+    pub fn new(
+        cfg: DistillConfig,
+        data: &Prepared,
+        train_split: &crate::data::Split,
+    ) -> Result<Self> {
         cfg.validate()?;
         let device = data.train.images.device();
         let (classes, image) = (data.classes, data.shape);
         let mut rng = Rng::new(cfg.seed);
         let hal_shape = HallucinatorShape {
             count: cfg.hallucinators,
-            basis_channels: if cfg.single_channel { 1 } else { image.channels },
+            basis_channels: if cfg.single_channel {
+                1
+            } else {
+                image.channels
+            },
             channels: image.channels,
             kernel: cfg.kernel,
             height: image.height,
@@ -94,7 +102,11 @@ impl Distiller {
         } else {
             cfg.ipc
         };
-        let channels = if cfg.haba { hal_shape.basis_channels } else { image.channels };
+        let channels = if cfg.haba {
+            hal_shape.basis_channels
+        } else {
+            image.channels
+        };
         let (bases, labels) = init_bases(
             &data.train.images,
             train_split,
@@ -175,10 +187,14 @@ impl Distiller {
         let tracked = Factorization {
             bases: bases.clone(),
             labels: self.factorization.labels.clone(),
-            hallucinators: self.factorization.hallucinators.as_ref().map(|h| Hallucinators {
-                shape: h.shape,
-                params: hal_params.clone().expect("set with the hallucinators"),
-            }),
+            hallucinators: self
+                .factorization
+                .hallucinators
+                .as_ref()
+                .map(|h| Hallucinators {
+                    shape: h.shape,
+                    params: hal_params.clone().expect("set with the hallucinators"),
+                }),
         };
         let m = tracked.hallucinators.as_ref().map_or(1, |h| h.shape.count);
 
@@ -199,10 +215,16 @@ impl Distiller {
                     .images
                     .clone()
                     .select(0, index_tensor(&pick, &device))
-                    .autodiff()
             })
             .collect();
-        let objective = dm_loss(&embedder, &embed_params, &real, &syn, &self.dsa, rng.next_u64());
+        let objective = dm_loss(
+            &embedder,
+            &embed_params,
+            &real,
+            &syn,
+            &self.dsa,
+            rng.next_u64(),
+        );
 
         // HaBa's diversity term: two different hallucinators on the same bases should look
         // different to the adversary.
@@ -210,7 +232,7 @@ impl Distiller {
         let mut diversity = 0.0;
         if let (Some(adv), Some(w)) = (&self.adversary, &self.cfg.contrastive) {
             let (x0, x1) = self.pair(&tracked, bases.clone(), &mut rng)?;
-            let d = diversity_loss(adv.features(x0), adv.features(x1)).mul_scalar(w.cos);
+            let d = adv.diversity(x0, x1, w);
             diversity = d.clone().into_scalar::<f32>();
             loss = loss + d;
         }
@@ -241,7 +263,7 @@ impl Distiller {
 
         // The adversary's own step, on a fresh pair of detached views.
         let mut adversary = 0.0;
-        if let (Some(w), true) = (self.cfg.contrastive, self.adversary.is_some()) {
+        if let (Some(w), true) = (self.cfg.contrastive.clone(), self.adversary.is_some()) {
             let (x0, x1) = self.pair(
                 &self.factorization,
                 self.factorization.bases.clone(),
@@ -249,7 +271,7 @@ impl Distiller {
             )?;
             let labels = self.factorization.labels.clone();
             let adv = self.adversary.as_mut().expect("checked above");
-            adversary = adv.step(x0, x1, &labels, &w)?;
+            adversary = adv.step(x0, x1, &labels, &w);
         }
         self.iteration += 1;
         Ok(Losses {
@@ -260,7 +282,8 @@ impl Distiller {
     }
 
     /// The same bases through two different hallucinators j != k (one pair for the batch,
-    /// as the reference), each view augmented with its own DSA draws.
+    /// as the reference), augmented together as the reference does (one family, separate
+    /// draws per sample).
     fn pair(
         &self,
         fact: &Factorization,
@@ -273,10 +296,7 @@ impl Distiller {
         let k = (j + 1 + rng.below(m - 1)) % m;
         let x0 = fact.images(bases.clone(), &vec![j; n])?;
         let x1 = fact.images(bases, &vec![k; n])?;
-        Ok((
-            self.dsa.apply(x0, rng.next_u64()),
-            self.dsa.apply(x1, rng.next_u64()),
-        ))
+        Ok(augment_pair(&self.dsa, x0, x1, rng.next_u64()))
     }
 }
 
@@ -300,9 +320,15 @@ mod tests {
             width: 32,
         };
         // IPC 10: 307,200 floats; 5 hallucinators take 27,840; 279,360 / 30,720 = 9.09.
-        assert_eq!(budget_bases_per_class(10, cifar, 10, &hal(5, 3)).unwrap(), 9);
+        assert_eq!(
+            budget_bases_per_class(10, cifar, 10, &hal(5, 3)).unwrap(),
+            9
+        );
         // Single-channel bases cost a third: 279,360 / 10,240 = 27.3.
-        assert_eq!(budget_bases_per_class(10, cifar, 10, &hal(5, 1)).unwrap(), 27);
+        assert_eq!(
+            budget_bases_per_class(10, cifar, 10, &hal(5, 1)).unwrap(),
+            27
+        );
         // IPC 1: 30,720 - 27,840 = 2,880 floats, not one basis per class.
         let err = budget_bases_per_class(1, cifar, 10, &hal(5, 3)).unwrap_err();
         assert!(err.to_string().contains("less than one basis"), "{err}");
