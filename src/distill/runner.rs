@@ -161,6 +161,42 @@ impl Distiller {
         })
     }
 
+    /// Momentum of the bases' optimiser (for checkpoints).
+    pub fn bases_velocity(&self) -> Option<&Tensor<4>> {
+        self.bases_opt.1.velocity.as_ref()
+    }
+
+    /// Momentum of the hallucinators' optimiser (for checkpoints).
+    pub fn hallucinators_velocity(&self) -> Option<&Tensor<1>> {
+        self.hal_opt.as_ref().and_then(|(_, st)| st.velocity.as_ref())
+    }
+
+    /// Puts back the state a checkpoint saved (see `run::resume`).
+    pub fn restore(
+        &mut self,
+        factorization: Factorization,
+        iteration: usize,
+        bases_velocity: Option<Tensor<4>>,
+        hallucinators_velocity: Option<Tensor<1>>,
+        adversary: Option<(Tensor<1>, Option<Tensor<1>>)>,
+    ) -> Result<()> {
+        if factorization.hallucinators.is_some() != self.factorization.hallucinators.is_some() {
+            return Err(Error::Config(
+                "the checkpoint and the run's config disagree on hallucinators".into(),
+            ));
+        }
+        self.factorization = factorization;
+        self.iteration = iteration;
+        self.bases_opt.1.velocity = bases_velocity;
+        if let Some((_, st)) = &mut self.hal_opt {
+            st.velocity = hallucinators_velocity;
+        }
+        if let (Some(adv), Some((params, velocity))) = (&mut self.adversary, adversary) {
+            adv.restore(params, velocity);
+        }
+        Ok(())
+    }
+
     pub fn storage(&self) -> Storage {
         self.factorization.storage(self.image, self.classes)
     }

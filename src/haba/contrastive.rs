@@ -197,6 +197,17 @@ impl Adversary {
         &self.params
     }
 
+    /// The momentum buffer, for checkpoints (`None` before the first step).
+    pub fn velocity(&self) -> Option<&Tensor<1>> {
+        self.state.velocity.as_ref()
+    }
+
+    /// Puts back parameters and momentum saved by a checkpoint.
+    pub fn restore(&mut self, params: Tensor<1>, velocity: Option<Tensor<1>>) {
+        self.params = params;
+        self.state.velocity = velocity;
+    }
+
     /// Flattened features `[N, embed_dim]` of `x`: gradients flow to `x` (when it is on an
     /// autodiff device), never to the adversary's parameters.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {

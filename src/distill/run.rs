@@ -1,0 +1,316 @@
+//! A distillation run on disk: the loop with logging, periodic evaluation and checkpoints,
+//! and resuming an interrupted run from its directory.
+//!
+//! ```text
+//! RUN/config.toml              every setting (what --resume reads back)
+//! RUN/distilled.safetensors    the artifact (bases, hallucinators, labels, metadata)
+//! RUN/checkpoint.safetensors   optimiser momenta and the adversary, to resume exactly
+//! RUN/checkpoint.json          the iteration the checkpoint holds
+//! RUN/metrics.jsonl            one line per logged iteration and per evaluation
+//! RUN/report.json              settings, storage, accuracies, baselines
+//! RUN/bases.png, hallucinated.png
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Tensor;
+
+use super::config::DistillConfig;
+use super::runner::{Distiller, Losses};
+use crate::artifact::{Artifact, ArtifactMeta, read_f32_tensors, write_f32_tensors};
+use crate::data::{Dataset, LabelledImages, Prepared};
+use crate::error::{Error, Result};
+use crate::eval::{EvalConfig, EvalProgress, EvalResult, evaluate};
+use crate::haba::Factorization;
+use crate::report::{MetricsLog, bases_png, hallucinated_png};
+use crate::train::TrainConfig;
+
+/// The files of one run directory.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        std::fs::create_dir_all(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { path })
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path.join("config.toml")
+    }
+    pub fn artifact(&self) -> PathBuf {
+        self.path.join("distilled.safetensors")
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.path.join("checkpoint.safetensors")
+    }
+    pub fn checkpoint_state(&self) -> PathBuf {
+        self.path.join("checkpoint.json")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.path.join("metrics.jsonl")
+    }
+    pub fn report(&self) -> PathBuf {
+        self.path.join("report.json")
+    }
+
+    /// The settings a run was started with.
+    pub fn read_config(&self) -> Result<DistillConfig> {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        DistillConfig::from_toml(&text)
+    }
+
+    pub fn write_config(&self, cfg: &DistillConfig) -> Result<()> {
+        write_atomic(&self.config(), cfg.to_toml().as_bytes())
+    }
+}
+
+/// Writes through a temporary file and a rename, so an interrupted write never leaves a
+/// half-written file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// What the loop reports as it goes (progress bars, logs).
+#[derive(Clone, Debug)]
+pub enum Event {
+    Step {
+        iteration: usize,
+        total: usize,
+        losses: Losses,
+    },
+    EvalProgress(EvalProgress),
+    Evaluated {
+        iteration: usize,
+        result: EvalResult,
+    },
+    Checkpointed {
+        iteration: usize,
+    },
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(serde::Serialize)]
+struct StepRecord {
+    iteration: usize,
+    #[serde(flatten)]
+    losses: Losses,
+    seconds: f64,
+}
+
+#[derive(serde::Serialize)]
+struct EvalRecord<'a> {
+    iteration: usize,
+    eval: &'a EvalResult,
+}
+
+/// The artifact of the distiller's current state.
+pub fn artifact_of(d: &Distiller, data: &Prepared, dataset: &Dataset) -> Artifact {
+    Artifact {
+        factorization: d.factorization.clone(),
+        normalization: data.normalization.clone(),
+        meta: ArtifactMeta {
+            dataset: dataset.name.clone(),
+            classes: dataset.classes.clone(),
+            image: data.shape,
+            method: d.cfg.label(),
+            settings: serde_json::to_value(&d.cfg).unwrap_or_default(),
+        },
+        lr: None,
+    }
+}
+
+/// Writes the artifact and everything needed to continue from this iteration.
+pub fn checkpoint(d: &Distiller, data: &Prepared, dataset: &Dataset, run: &RunDir) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor<1>)> = Vec::new();
+    if let Some(v) = d.bases_velocity() {
+        tensors.push(("bases.velocity".into(), v.clone().flatten(0, 3)));
+    }
+    if let Some(v) = d.hallucinators_velocity() {
+        tensors.push(("hallucinators.velocity".into(), v.clone()));
+    }
+    if let Some(adv) = &d.adversary {
+        tensors.push(("adversary.params".into(), adv.params().clone()));
+        if let Some(v) = adv.velocity() {
+            tensors.push(("adversary.velocity".into(), v.clone()));
+        }
+    }
+    artifact_of(d, data, dataset).save(&run.artifact())?;
+    write_f32_tensors(&run.checkpoint(), &tensors)?;
+    let state = serde_json::json!({ "iteration": d.iteration });
+    write_atomic(&run.checkpoint_state(), state.to_string().as_bytes())
+}
+
+/// Continues a run from its last checkpoint: a distiller built from the run's config, with
+/// the saved factorization, momenta, adversary and iteration put back. Because every
+/// iteration draws from a generator seeded by (seed, iteration), the resumed run takes the
+/// same steps the uninterrupted one would have.
+pub fn resume(run: &RunDir, data: &Prepared, dataset: &Dataset) -> Result<Distiller> {
+    let cfg = run.read_config()?;
+    let mut d = Distiller::new(cfg, data, &dataset.train)?;
+    let state_path = run.checkpoint_state();
+    let text = std::fs::read_to_string(&state_path).map_err(|source| Error::Io {
+        path: state_path.clone(),
+        source,
+    })?;
+    let iteration = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["iteration"].as_u64())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{}: expected {{\"iteration\": N}}, found {text}",
+                state_path.display()
+            ))
+        })?;
+    let device = data.train.images.device();
+    let artifact = Artifact::load(&run.artifact(), &device)?;
+    if artifact.factorization.bases.dims() != d.factorization.bases.dims() {
+        return Err(Error::Config(format!(
+            "{}: bases {:?} do not match the run's settings {:?}",
+            run.artifact().display(),
+            artifact.factorization.bases.dims(),
+            d.factorization.bases.dims()
+        )));
+    }
+    let mut saved = read_f32_tensors(&run.checkpoint(), &device)?;
+    let mut take = |name: &str| saved.remove(name);
+    let bases_v = take("bases.velocity").map(|v| v.reshape(d.factorization.bases.dims()));
+    let hal_v = take("hallucinators.velocity");
+    let adv = take("adversary.params").map(|p| (p, take("adversary.velocity")));
+    d.restore(
+        artifact.factorization,
+        iteration as usize,
+        bases_v,
+        hal_v,
+        adv,
+    )?;
+    Ok(d)
+}
+
+/// The evaluation protocol on a factorization's images. HaBa sets hold M views of each
+/// basis and each epoch draws one (SPEC section 6), and, as the reference HaBa evaluation
+/// does, every batch is standardised (per channel here, not with one scalar).
+pub fn evaluate_factorization(
+    fact: &Factorization,
+    test: &LabelledImages,
+    classes: usize,
+    cfg: &EvalConfig,
+    seed: u64,
+    on_progress: &mut dyn FnMut(EvalProgress),
+) -> Result<EvalResult> {
+    let (images, labels) = fact.all_images()?;
+    let views = fact.hallucinators.as_ref().map_or(1, |h| h.shape.count);
+    let set = LabelledImages {
+        images: images.inner(),
+        labels,
+    };
+    let cfg = EvalConfig {
+        train: TrainConfig {
+            views,
+            standardize_batches: fact.hallucinators.is_some(),
+            ..cfg.train.clone()
+        },
+        ..cfg.clone()
+    };
+    evaluate(&set, test, classes, &cfg, seed, on_progress)
+}
+
+/// The evaluation settings of a run's config.
+pub fn eval_config(cfg: &DistillConfig) -> EvalConfig {
+    EvalConfig {
+        model: cfg.eval.model.clone(),
+        nets: cfg.eval.nets,
+        train: TrainConfig::protocol(cfg.eval.epochs, cfg.eval.lr),
+        dsa: cfg.dsa.clone(),
+        ..EvalConfig::default()
+    }
+}
+
+/// Runs the loop to the configured number of iterations: logs every iteration, evaluates
+/// every `eval_every`, checkpoints every `checkpoint_every` and at the end, and writes the
+/// PNG grids. Returns the final evaluation.
+pub fn distill(
+    d: &mut Distiller,
+    data: &Prepared,
+    dataset: &Dataset,
+    run: &RunDir,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<EvalResult> {
+    run.write_config(&d.cfg)?;
+    let mut metrics = MetricsLog::open(&run.metrics())?;
+    let start = std::time::Instant::now();
+    let total = d.cfg.iterations;
+    let eval_cfg = eval_config(&d.cfg);
+    while d.iteration < total {
+        let losses = d.step(data)?;
+        let iteration = d.iteration;
+        metrics.log(&StepRecord {
+            iteration,
+            losses,
+            seconds: start.elapsed().as_secs_f64(),
+        })?;
+        on_event(Event::Step {
+            iteration,
+            total,
+            losses,
+        });
+        if d.cfg.eval_every > 0 && iteration % d.cfg.eval_every == 0 && iteration < total {
+            let result = evaluate_factorization(
+                &d.factorization,
+                &data.test,
+                data.classes,
+                &eval_cfg,
+                d.cfg.seed,
+                &mut |p| on_event(Event::EvalProgress(p)),
+            )?;
+            metrics.log(&EvalRecord {
+                iteration,
+                eval: &result,
+            })?;
+            on_event(Event::Evaluated { iteration, result });
+        }
+        if iteration % d.cfg.checkpoint_every == 0 || iteration == total {
+            checkpoint(d, data, dataset, run)?;
+            on_event(Event::Checkpointed { iteration });
+        }
+    }
+    if total == 0 || !run.artifact().exists() {
+        checkpoint(d, data, dataset, run)?;
+    }
+    let artifact = artifact_of(d, data, dataset);
+    bases_png(&run.path, &artifact)?;
+    hallucinated_png(&run.path, &artifact)?;
+    let result = evaluate_factorization(
+        &d.factorization,
+        &data.test,
+        data.classes,
+        &eval_cfg,
+        d.cfg.seed,
+        &mut |p| on_event(Event::EvalProgress(p)),
+    )?;
+    metrics.log(&EvalRecord {
+        iteration: d.iteration,
+        eval: &result,
+    })?;
+    on_event(Event::Evaluated {
+        iteration: d.iteration,
+        result: result.clone(),
+    });
+    Ok(result)
+}
