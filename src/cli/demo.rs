@@ -36,11 +36,11 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     for ipc in IPCS {
-        let mut rng = Rng::new(common.seed);
+        let mut rng = Rng::new(common.seed());
         let idx = subset::random_per_class(&dataset.train, dataset.classes.len(), ipc, &mut rng)?;
         let set = prepared.train_subset(&idx);
         eprintln!("random real, {ipc} image(s) per class:");
-        let result = super::eval::evaluate_with_bar(&set, &prepared, &cfg, common.seed)?;
+        let result = super::eval::evaluate_with_bar(&set, &prepared, &cfg, common.seed())?;
         rows.push((ipc, result));
     }
     println!(

@@ -76,7 +76,7 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("preprocessing {}", dataset.name))?;
     let train_set = match args.random_real {
         Some(n) => {
-            let mut rng = Rng::new(common.seed);
+            let mut rng = Rng::new(common.seed());
             let idx = subset::random_per_class(&dataset.train, dataset.classes.len(), n, &mut rng)?;
             prepared.train_subset(&idx)
         }
@@ -99,7 +99,7 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         cfg.model,
         cfg.train.epochs
     );
-    let result = evaluate_with_bar(&train_set, &prepared, &cfg, common.seed)?;
+    let result = evaluate_with_bar(&train_set, &prepared, &cfg, common.seed())?;
     println!(
         "{} | {} | {}: test accuracy {} %",
         dataset.name,
@@ -113,7 +113,7 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
             training_set,
             images_per_class: args.random_real,
             train_images: train_set.len(),
-            seed: common.seed,
+            seed: common.seed(),
             device: selected.name.clone(),
             preprocess: args.preprocess,
             config: &cfg,

@@ -2,7 +2,9 @@
 
 mod datasets;
 mod demo;
+mod distill;
 mod eval;
+mod export;
 
 use std::path::PathBuf;
 
@@ -28,9 +30,9 @@ pub struct Cli {
 /// Flags every command takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
-    /// Seed for every random draw: the same seed on the same device repeats a run.
-    #[arg(long, global = true, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed for every random draw (default 0): the same seed on the same device repeats a run.
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
     /// auto (a hardware GPU if present, else CPU), gpu (any wgpu adapter), cpu, cuda.
     #[arg(long, global = true, default_value = "auto")]
     pub device: DeviceChoice,
@@ -40,9 +42,13 @@ pub struct Common {
 }
 
 impl Common {
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(0)
+    }
+
     /// Opens the device and prints the one line that says which and why.
     pub fn device(&self) -> anyhow::Result<Selected> {
-        let selected = haba::device::select(self.device, self.seed)
+        let selected = haba::device::select(self.device, self.seed())
             .with_context(|| format!("opening --device {}", self.device))?;
         eprintln!("device: {} ({})", selected.name, selected.reason);
         Ok(selected)
@@ -53,8 +59,12 @@ impl Common {
 pub enum Command {
     /// List the known datasets and where each was found; optionally download some.
     Datasets(datasets::Args),
+    /// Distill a dataset into bases and hallucinators (HaBa) or plain images.
+    Distill(distill::Args),
     /// Train fresh networks on a training set and report test accuracy (SPEC section 6).
     Eval(eval::Args),
+    /// Write a distilled set as a class-per-folder PNG tree any framework can train on.
+    Export(export::Args),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -62,7 +72,9 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         None => demo::run(&cli.common),
         Some(Command::Datasets(args)) => datasets::run(&cli.common, args),
+        Some(Command::Distill(args)) => distill::run(&cli.common, args),
         Some(Command::Eval(args)) => eval::run(&cli.common, args),
+        Some(Command::Export(args)) => export::run(&cli.common, args),
     }
 }
 
