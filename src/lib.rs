@@ -13,6 +13,7 @@ pub mod eval;
 pub mod haba;
 pub mod kernels;
 pub mod nets;
+pub mod report;
 pub mod rng;
 pub mod train;
 
