@@ -21,6 +21,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A run's artifact (or report file) that cannot be written or read back as expected.
+    #[error("{path}: {reason}")]
+    Artifact { path: PathBuf, reason: String },
     #[error("training diverged: {0}")]
     NonFinite(String),
 }

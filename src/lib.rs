@@ -4,6 +4,7 @@
 //! -> [`nets`] -> objective -> optimiser step -> artifact. This crate is the library;
 //! the CLI (`src/main.rs`, `src/cli/`) is a thin front over it.
 
+pub mod artifact;
 pub mod augment;
 pub mod data;
 pub mod device;
@@ -13,6 +14,7 @@ pub mod eval;
 pub mod haba;
 pub mod kernels;
 pub mod nets;
+pub mod report;
 pub mod rng;
 pub mod train;
 
