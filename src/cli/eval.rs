@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use haba::data::{NormKind, Prepared, subset};
+use haba::artifact::Artifact;
+use haba::data::{LabelledImages, NormKind, Prepared, subset};
+use haba::distill::run::evaluate_factorization;
 use haba::eval::{EvalConfig, EvalProgress, EvalResult};
 use haba::nets::Arch;
 use haba::rng::Rng;
@@ -13,6 +15,10 @@ use super::Common;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// A run directory or distilled.safetensors to evaluate (its dataset and preprocessing
+    /// come from the artifact).
+    #[arg(conflicts_with_all = ["dataset", "random_real", "whole", "preprocess"])]
+    pub artifact: Option<PathBuf>,
     /// Dataset name (see `haba datasets`), a class-per-folder image tree, or `embedded`.
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
@@ -61,15 +67,16 @@ struct Report<'a> {
 }
 
 pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
+    if let Some(path) = &args.artifact {
+        return run_artifact(common, &args, path);
+    }
     let training_set = match (args.random_real, args.whole) {
         (Some(0), _) => bail!("--random-real needs at least 1 image per class"),
         (Some(n), _) => format!("random-real {n} per class"),
         (None, true) => "whole train split".to_string(),
         (None, false) => bail!("choose a training set: --random-real N or --whole"),
     };
-    if args.epochs == 0 || args.batch == 0 {
-        bail!("--epochs and --batch must be at least 1");
-    }
+    let cfg = protocol(&args)?;
     let selected = common.device()?;
     let dataset = super::datasets::load(common, &args.dataset)?;
     let prepared = Prepared::new(&dataset, args.preprocess, &selected.device)
@@ -81,13 +88,6 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
             prepared.train_subset(&idx)
         }
         None => prepared.train.clone(),
-    };
-    let cfg = EvalConfig {
-        model: args.model,
-        nets: args.nets,
-        train: TrainConfig::protocol(args.epochs, args.lr),
-        dsa: args.dsa.clone(),
-        ..EvalConfig::default()
     };
     eprintln!(
         "eval: {} on {} ({}, {} images), {} x {} for {} epochs",
@@ -122,6 +122,99 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn protocol(args: &Args) -> anyhow::Result<EvalConfig> {
+    if args.epochs == 0 || args.batch == 0 {
+        bail!("--epochs and --batch must be at least 1");
+    }
+    Ok(EvalConfig {
+        model: args.model.clone(),
+        nets: args.nets,
+        train: TrainConfig {
+            batch: args.batch,
+            ..TrainConfig::protocol(args.epochs, args.lr)
+        },
+        dsa: args.dsa.clone(),
+        ..EvalConfig::default()
+    })
+}
+
+/// `haba eval RUN`: the full protocol on a distilled set.
+fn run_artifact(common: &Common, args: &Args, path: &std::path::Path) -> anyhow::Result<()> {
+    let selected = common.device()?;
+    let file = super::export::artifact_path(path);
+    let artifact = Artifact::load(&file, &selected.device)
+        .with_context(|| format!("reading {}", file.display()))?;
+    let dataset = super::datasets::load(common, &artifact.meta.dataset)?;
+    if dataset.shape != artifact.meta.image || dataset.classes.len() != artifact.meta.classes.len() {
+        bail!(
+            "{} was distilled from {:?} images of {} classes, but {} has {:?} images of {}",
+            file.display(),
+            artifact.meta.image,
+            artifact.meta.classes.len(),
+            dataset.name,
+            dataset.shape,
+            dataset.classes.len()
+        );
+    }
+    let test = LabelledImages {
+        images: artifact
+            .normalization
+            .apply(&dataset.test.images, dataset.shape, &selected.device)?,
+        labels: dataset.test.labels.clone(),
+    };
+    let mut cfg = protocol(args)?;
+    if let Some(lr) = artifact.lr {
+        cfg.train.sgd.lr = lr;
+    }
+    let storage = artifact.storage();
+    eprintln!(
+        "eval: {} ({}), storage {} floats = {:.2} images per class; {} x {} for {} epochs",
+        file.display(),
+        artifact.meta.method,
+        storage.total_floats,
+        storage.image_equivalents_per_class,
+        cfg.nets,
+        cfg.model,
+        cfg.train.epochs
+    );
+    let bar = super::progress_bar((cfg.nets * cfg.train.epochs) as u64, "eval");
+    let result = evaluate_factorization(
+        &artifact.factorization,
+        &test,
+        dataset.classes.len(),
+        &cfg,
+        common.seed(),
+        &mut |p| {
+            if let EvalProgress::Epoch { .. } = p {
+                bar.inc(1)
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "{} | {} | {}: test accuracy {} %",
+        dataset.name,
+        artifact.meta.method,
+        cfg.model,
+        result.percent()
+    );
+    if let Some(json) = &args.json {
+        let report = serde_json::json!({
+            "artifact": file,
+            "method": artifact.meta.method,
+            "dataset": artifact.meta.dataset,
+            "storage": storage,
+            "seed": common.seed(),
+            "device": selected.name,
+            "config": cfg,
+            "result": result,
+        });
+        std::fs::write(json, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", json.display()))?;
     }
     Ok(())
 }

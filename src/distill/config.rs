@@ -92,8 +92,9 @@ pub struct DistillConfig {
     pub embedder: Arch,
     /// DSA strategy, or `none`.
     pub dsa: String,
-    /// HaBa's adversarial contrastive constraints; `None` turns them all off.
-    pub contrastive: Option<ContrastiveWeights>,
+    /// HaBa's adversarial contrastive constraints (on by default with HaBa).
+    pub contrastive: bool,
+    pub contrastive_weights: ContrastiveWeights,
     /// Evaluate every this many iterations (0: only at the end).
     pub eval_every: usize,
     /// Write a checkpoint every this many iterations.
@@ -123,7 +124,8 @@ impl Default for DistillConfig {
             batch_real: 256,
             embedder: Arch::default(),
             dsa: crate::eval::DEFAULT_DSA.into(),
-            contrastive: Some(ContrastiveWeights::default()),
+            contrastive: true,
+            contrastive_weights: ContrastiveWeights::default(),
             eval_every: 0,
             checkpoint_every: 500,
             eval: EvalSettings::default(),
@@ -204,7 +206,7 @@ impl DistillConfig {
         if self.haba && self.hallucinators == 0 {
             return bad("HaBa needs at least 1 hallucinator (or use --no-haba)".into());
         }
-        if self.haba && self.contrastive.is_some() && self.hallucinators < 2 {
+        if self.haba && self.contrastive && self.hallucinators < 2 {
             return bad(
                 "the contrastive constraints compare two different hallucinators: use at least 2, \
                  or --no-contrastive"
@@ -262,6 +264,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ipcc"), "{err}");
+    }
+
+    #[test]
+    fn switches_survive_a_round_trip() {
+        let cfg = DistillConfig {
+            contrastive: false,
+            haba: false,
+            ..DistillConfig::default()
+        };
+        assert_eq!(DistillConfig::from_toml(&cfg.to_toml()).unwrap(), cfg);
     }
 
     #[test]

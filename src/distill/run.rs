@@ -11,13 +11,15 @@
 //! RUN/bases.png, hallucinated.png
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::Tensor;
 
 use super::config::DistillConfig;
 use super::runner::{Distiller, Losses};
-use crate::artifact::{Artifact, ArtifactMeta, read_f32_tensors, write_f32_tensors};
+use crate::artifact::{
+    Artifact, ArtifactMeta, read_f32_tensors, write_atomic, write_f32_tensors,
+};
 use crate::data::{Dataset, LabelledImages, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::{EvalConfig, EvalProgress, EvalResult, evaluate};
@@ -45,7 +47,7 @@ impl RunDir {
         self.path.join("config.toml")
     }
     pub fn artifact(&self) -> PathBuf {
-        self.path.join("distilled.safetensors")
+        self.path.join(crate::artifact::FILE_NAME)
     }
     pub fn checkpoint(&self) -> PathBuf {
         self.path.join("checkpoint.safetensors")
@@ -54,7 +56,7 @@ impl RunDir {
         self.path.join("checkpoint.json")
     }
     pub fn metrics(&self) -> PathBuf {
-        self.path.join("metrics.jsonl")
+        self.path.join(crate::report::METRICS_FILE)
     }
     pub fn report(&self) -> PathBuf {
         self.path.join("report.json")
@@ -73,18 +75,6 @@ impl RunDir {
     pub fn write_config(&self, cfg: &DistillConfig) -> Result<()> {
         write_atomic(&self.config(), cfg.to_toml().as_bytes())
     }
-}
-
-/// Writes through a temporary file and a rename, so an interrupted write never leaves a
-/// half-written file behind.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// What the loop reports as it goes (progress bars, logs).
@@ -126,7 +116,8 @@ pub fn artifact_of(d: &Distiller, data: &Prepared, dataset: &Dataset) -> Artifac
         factorization: d.factorization.clone(),
         normalization: data.normalization.clone(),
         meta: ArtifactMeta {
-            dataset: dataset.name.clone(),
+            // What loads the dataset again (a name, a folder path, or `embedded`).
+            dataset: d.cfg.dataset.clone(),
             classes: dataset.classes.clone(),
             image: data.shape,
             method: d.cfg.label(),

@@ -120,9 +120,10 @@ impl Distiller {
             shape: hal_shape,
             params: hal_shape.init(&mut rng, &device),
         });
-        let adversary = match (&cfg.contrastive, cfg.haba) {
-            (Some(_), true) => Some(Adversary::new(image, classes, &mut rng, &device)?),
-            _ => None,
+        let adversary = if cfg.haba && cfg.contrastive {
+            Some(Adversary::new(image, classes, &mut rng, &device)?)
+        } else {
+            None
         };
         let sgd = |lr, momentum| Sgd {
             lr,
@@ -266,9 +267,9 @@ impl Distiller {
         // different to the adversary.
         let mut loss = objective.clone();
         let mut diversity = 0.0;
-        if let (Some(adv), Some(w)) = (&self.adversary, &self.cfg.contrastive) {
+        if let Some(adv) = &self.adversary {
             let (x0, x1) = self.pair(&tracked, bases.clone(), &mut rng)?;
-            let d = adv.diversity(x0, x1, w);
+            let d = adv.diversity(x0, x1, &self.cfg.contrastive_weights);
             diversity = d.clone().into_scalar::<f32>();
             loss = loss + d;
         }
@@ -299,7 +300,8 @@ impl Distiller {
 
         // The adversary's own step, on a fresh pair of detached views.
         let mut adversary = 0.0;
-        if let (Some(w), true) = (self.cfg.contrastive.clone(), self.adversary.is_some()) {
+        if self.adversary.is_some() {
+            let w = self.cfg.contrastive_weights.clone();
             let (x0, x1) = self.pair(
                 &self.factorization,
                 self.factorization.bases.clone(),

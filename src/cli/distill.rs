@@ -1,0 +1,292 @@
+//! `haba distill`: HaBa (or the plain base method) on a dataset, into a run directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use haba::data::{Dataset, NormKind, Prepared};
+use haba::distill::run::{Event, RunDir, distill, resume};
+use haba::distill::{DistillConfig, Distiller, PRESETS};
+use haba::eval::EvalResult;
+use haba::nets::Arch;
+
+use super::Common;
+
+#[derive(clap::Args, Debug, Default)]
+pub struct Args {
+    /// Start from a named preset (see --list-presets); flags override it.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A TOML file with any of the settings (applied after the preset, before flags).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the presets and exit.
+    #[arg(long)]
+    pub list_presets: bool,
+    /// Continue the interrupted run in this directory from its last checkpoint.
+    #[arg(long, conflicts_with_all = ["preset", "config"])]
+    pub resume: Option<PathBuf>,
+    /// Where the run directory goes (default: runs/<method>-<dataset>-ipc<N>[-k]).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Base objective: dm.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Learn plain images (the base method without HaBa).
+    #[arg(long)]
+    pub no_haba: bool,
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Bases per class with HaBa, images per class without.
+    #[arg(long)]
+    pub ipc: Option<usize>,
+    /// Size HaBa's bases so its total floats do not exceed the plain method's at --ipc.
+    #[arg(long)]
+    pub budget_equal: bool,
+    #[arg(long)]
+    pub hallucinators: Option<usize>,
+    /// Hallucinator encoder/decoder kernel size.
+    #[arg(long)]
+    pub kernel: Option<usize>,
+    /// One-channel bases for colour data.
+    #[arg(long)]
+    pub single_channel: bool,
+    /// meanstd, zca or zca:EPS.
+    #[arg(long)]
+    pub preprocess: Option<NormKind>,
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    #[arg(long)]
+    pub lr_bases: Option<f32>,
+    #[arg(long)]
+    pub lr_hallucinators: Option<f32>,
+    /// Real images per class per iteration.
+    #[arg(long)]
+    pub batch_real: Option<usize>,
+    /// The random network whose embeddings DM matches.
+    #[arg(long)]
+    pub embedder: Option<Arch>,
+    /// DSA strategy, or `none`.
+    #[arg(long)]
+    pub dsa: Option<String>,
+    /// Turn off all of HaBa's adversarial contrastive terms.
+    #[arg(long)]
+    pub no_contrastive: bool,
+    #[arg(long)]
+    pub lambda_cos: Option<f32>,
+    #[arg(long)]
+    pub lambda_cls: Option<f32>,
+    #[arg(long)]
+    pub lambda_like: Option<f32>,
+    #[arg(long)]
+    pub lambda_con: Option<f32>,
+    /// Evaluate every K iterations (0: only at the end).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Networks trained by each evaluation.
+    #[arg(long)]
+    pub eval_nets: Option<usize>,
+    #[arg(long)]
+    pub eval_epochs: Option<usize>,
+    #[arg(long)]
+    pub eval_model: Option<Arch>,
+}
+
+/// Preset, then config file, then flags.
+pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
+    let mut cfg = match &args.preset {
+        Some(name) => DistillConfig::preset(name)?,
+        None => DistillConfig::default(),
+    };
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        // The file's keys replace the preset's (or the defaults').
+        let file: toml::Table =
+            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        let mut merged = toml::Table::try_from(&cfg)?;
+        merged.extend(file);
+        cfg = DistillConfig::from_toml(&merged.to_string())
+            .with_context(|| format!("in {}", path.display()))?;
+    }
+    if let Some(m) = &args.method {
+        cfg.method = m.parse()?;
+    }
+    if args.no_haba {
+        cfg.haba = false;
+    }
+    set(&mut cfg.dataset, args.dataset.clone());
+    set(&mut cfg.ipc, args.ipc);
+    cfg.budget_equal |= args.budget_equal;
+    cfg.single_channel |= args.single_channel;
+    set(&mut cfg.hallucinators, args.hallucinators);
+    set(&mut cfg.kernel, args.kernel);
+    set(&mut cfg.preprocess, args.preprocess);
+    set(&mut cfg.iterations, args.iterations);
+    set(&mut cfg.lr_bases, args.lr_bases);
+    set(&mut cfg.lr_hallucinators, args.lr_hallucinators);
+    set(&mut cfg.batch_real, args.batch_real);
+    set(&mut cfg.embedder, args.embedder.clone());
+    set(&mut cfg.dsa, args.dsa.clone());
+    set(&mut cfg.eval_every, args.eval_every);
+    set(&mut cfg.checkpoint_every, args.checkpoint_every);
+    set(&mut cfg.eval.nets, args.eval_nets);
+    set(&mut cfg.eval.epochs, args.eval_epochs);
+    set(&mut cfg.eval.model, args.eval_model.clone());
+    if args.no_contrastive {
+        cfg.contrastive = false;
+    }
+    let w = &mut cfg.contrastive_weights;
+    set(&mut w.cos, args.lambda_cos);
+    set(&mut w.cls, args.lambda_cls);
+    set(&mut w.like, args.lambda_like);
+    set(&mut w.con, args.lambda_con);
+    if let Some(seed) = common.seed {
+        cfg.seed = seed;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Overrides `slot` when the flag was given.
+fn set<T>(slot: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *slot = v;
+    }
+}
+
+/// `runs/<method>-<dataset>-ipc<N>`, with `-2`, `-3`, ... if taken.
+fn fresh_run_dir(cfg: &DistillConfig) -> PathBuf {
+    let dataset: String = Path::new(&cfg.dataset)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| cfg.dataset.clone());
+    let base = format!("{}-{}-ipc{}", cfg.label(), dataset, cfg.ipc);
+    let root = Path::new("runs");
+    let mut path = root.join(&base);
+    let mut k = 2;
+    while path.exists() {
+        path = root.join(format!("{base}-{k}"));
+        k += 1;
+    }
+    path
+}
+
+pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
+    if args.list_presets {
+        for (name, what) in PRESETS {
+            println!("{name:<18} {what}");
+        }
+        return Ok(());
+    }
+    let selected = common.device()?;
+    let (run, cfg) = match &args.resume {
+        Some(dir) => {
+            let run = RunDir::new(dir)?;
+            let cfg = run
+                .read_config()
+                .with_context(|| format!("{} is not a run directory to resume", dir.display()))?;
+            (run, cfg)
+        }
+        None => {
+            let cfg = config(common, &args)?;
+            let dir = args.out.clone().unwrap_or_else(|| fresh_run_dir(&cfg));
+            if dir.join(haba::artifact::FILE_NAME).exists() {
+                bail!(
+                    "{} already holds a run: continue it with --resume {0}, or choose another --out",
+                    dir.display()
+                );
+            }
+            (RunDir::new(&dir)?, cfg)
+        }
+    };
+    let dataset = super::datasets::load(common, &cfg.dataset)?;
+    let prepared = Prepared::new(&dataset, cfg.preprocess, &selected.device)
+        .with_context(|| format!("preprocessing {}", dataset.name))?;
+    let mut distiller = match &args.resume {
+        Some(_) => resume(&run, &prepared, &dataset)
+            .with_context(|| format!("resuming {}", run.path.display()))?,
+        None => Distiller::new(cfg, &prepared, &dataset.train)?,
+    };
+    let result = run_with_bar(&mut distiller, &prepared, &dataset, &run)?;
+    let storage = distiller.storage();
+    println!(
+        "{} on {}: {} bases/class{}, storage {} floats ({:.2} images per class); \
+         test accuracy {} % ({} x {})",
+        distiller.cfg.label(),
+        dataset.name,
+        distiller.bases_per_class,
+        distiller
+            .factorization
+            .hallucinators
+            .as_ref()
+            .map_or(String::new(), |h| format!(" x {} hallucinators", h.shape.count)),
+        storage.total_floats,
+        storage.image_equivalents_per_class,
+        result.percent(),
+        distiller.cfg.eval.nets,
+        distiller.cfg.eval.model,
+    );
+    write_report(&run, &distiller, &dataset, &result, &[])?;
+    println!("run directory: {}", run.path.display());
+    Ok(())
+}
+
+/// The loop with a progress bar showing iteration, losses, ETA and the last accuracy.
+pub fn run_with_bar(
+    d: &mut Distiller,
+    data: &Prepared,
+    dataset: &Dataset,
+    run: &RunDir,
+) -> anyhow::Result<EvalResult> {
+    let bar = super::progress_bar(d.cfg.iterations as u64, &d.cfg.label());
+    bar.set_position(d.iteration as u64);
+    let mut last_eval = String::new();
+    let result = distill(d, data, dataset, run, &mut |e| match e {
+        Event::Step { iteration, losses, .. } => {
+            bar.set_position(iteration as u64);
+            let mut msg = format!("loss {:.4}", losses.objective);
+            if losses.adversary > 0.0 {
+                msg += &format!(" div {:.3} adv {:.3}", losses.diversity, losses.adversary);
+            }
+            bar.set_message(format!("{msg}{last_eval}"));
+        }
+        Event::EvalProgress(haba::eval::EvalProgress::Epoch { net, epoch, .. }) => {
+            bar.set_message(format!("evaluating: net {} epoch {}", net + 1, epoch + 1));
+        }
+        Event::EvalProgress(_) => {}
+        Event::Evaluated { result, .. } => last_eval = format!(" | acc {}%", result.percent()),
+        Event::Checkpointed { .. } => {}
+    })
+    .with_context(|| format!("distilling into {}", run.path.display()))?;
+    bar.finish_and_clear();
+    Ok(result)
+}
+
+/// `report.json`: settings, storage, final accuracy, and any baselines run beside it.
+pub fn write_report(
+    run: &RunDir,
+    d: &Distiller,
+    dataset: &Dataset,
+    result: &EvalResult,
+    baselines: &[(String, haba::haba::Storage, EvalResult)],
+) -> anyhow::Result<()> {
+    let baselines: Vec<_> = baselines
+        .iter()
+        .map(|(name, storage, r)| serde_json::json!({"name": name, "storage": storage, "result": r}))
+        .collect();
+    let report = serde_json::json!({
+        "method": d.cfg.label(),
+        "dataset": dataset.name,
+        "classes": dataset.classes,
+        "bases_per_class": d.bases_per_class,
+        "iterations": d.iteration,
+        "settings": d.cfg,
+        "storage": d.storage(),
+        "result": result,
+        "baselines": baselines,
+    });
+    haba::report::write_report_json(&run.report(), &report)?;
+    Ok(())
+}
