@@ -157,7 +157,7 @@ fn set<T>(slot: &mut T, flag: Option<T>) {
 }
 
 /// `runs/<method>-<dataset>-ipc<N>`, with `-2`, `-3`, ... if taken.
-fn fresh_run_dir(cfg: &DistillConfig) -> PathBuf {
+pub fn fresh_run_dir(cfg: &DistillConfig) -> PathBuf {
     let dataset: String = Path::new(&cfg.dataset)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -157,7 +157,8 @@ impl DistillConfig {
         Ok(match name {
             "quick" => Self {
                 dataset: "embedded".into(),
-                ipc: 1,
+                ipc: 2,
+                budget_equal: true,
                 iterations: 300,
                 batch_real: 64,
                 embedder: "ConvNetW32".parse()?,
