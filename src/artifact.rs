@@ -556,7 +556,10 @@ pub fn write_f32_tensors(path: &Path, tensors: &[(String, Tensor<1>)]) -> Result
         .iter()
         .map(|(name, t)| {
             let v = read_f32(t, name).map_err(fail)?;
-            Ok((name.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()))
+            Ok((
+                name.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+            ))
         })
         .collect::<Result<Vec<_>>>()?;
     let views = raw

@@ -135,7 +135,7 @@ pub fn train(
         return Err(Error::Config("cannot train on an empty set".into()));
     }
     let views = cfg.views.max(1);
-    if set.len() % views != 0 {
+    if !set.len().is_multiple_of(views) {
         return Err(Error::Config(format!(
             "{} images cannot be {views} views of the same items",
             set.len()

@@ -86,3 +86,47 @@ fn plain_dm_learns_images_without_hallucinators() {
     assert!(after < 0.8 * before, "held-out DM loss {before} -> {after}");
     assert_eq!(d.storage().hallucinator_floats, 0);
 }
+
+#[test]
+fn resumed_run_takes_the_same_steps_as_an_uninterrupted_one() {
+    use haba::distill::run::{RunDir, checkpoint, resume};
+    let (prepared, data) = setup();
+    let dir = std::env::temp_dir().join(format!("haba-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = RunDir::new(&dir).unwrap();
+    let cfg = config(true);
+    run.write_config(&cfg).unwrap();
+
+    let mut straight = Distiller::new(cfg, &prepared, &data.train).unwrap();
+    for _ in 0..2 {
+        straight.step(&prepared).unwrap();
+    }
+    checkpoint(&straight, &prepared, &data, &run).unwrap();
+    let mut resumed = resume(&run, &prepared, &data).unwrap();
+    assert_eq!(resumed.iteration, 2);
+    for _ in 0..2 {
+        let a = straight.step(&prepared).unwrap();
+        let b = resumed.step(&prepared).unwrap();
+        assert_eq!(a.objective, b.objective);
+        assert_eq!(a.adversary, b.adversary);
+    }
+    let values = |d: &Distiller| {
+        let h = d.factorization.hallucinators.as_ref().unwrap();
+        (
+            d.factorization
+                .bases
+                .clone()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap(),
+            h.params.clone().into_data().try_to_vec::<f32>().unwrap(),
+        )
+    };
+    assert_eq!(values(&straight), values(&resumed));
+
+    // A broken checkpoint is an error naming the file, not a panic.
+    std::fs::write(run.checkpoint_state(), "{}").unwrap();
+    let err = resume(&run, &prepared, &data).err().unwrap().to_string();
+    assert!(err.contains("checkpoint.json"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

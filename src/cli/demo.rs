@@ -36,7 +36,11 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
 
     let mut haba_dm = Distiller::new(cfg.clone(), &prepared, &dataset.train)?;
     let haba_result = super::distill::run_with_bar(&mut haba_dm, &prepared, &dataset, &run)?;
-    let mut rows = vec![("HaBa-DM".to_string(), haba_dm.storage(), haba_result.clone())];
+    let mut rows = vec![(
+        "HaBa-DM".to_string(),
+        haba_dm.storage(),
+        haba_result.clone(),
+    )];
 
     // Plain DM with as many images per class as HaBa's budget allows.
     let dm_cfg = DistillConfig {
@@ -61,7 +65,10 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
 
     super::distill::write_report(&run, &haba_dm, &dataset, &haba_result, &rows[1..])?;
     print_table(&dataset.name, &cfg, &rows);
-    println!("\nrun directory: {} (bases.png, hallucinated.png, report.json)", run.path.display());
+    println!(
+        "\nrun directory: {} (bases.png, hallucinated.png, report.json)",
+        run.path.display()
+    );
     Ok(())
 }
 

@@ -127,13 +127,13 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
     set(&mut cfg.lr_bases, args.lr_bases);
     set(&mut cfg.lr_hallucinators, args.lr_hallucinators);
     set(&mut cfg.batch_real, args.batch_real);
-    set(&mut cfg.embedder, args.embedder.clone());
+    set(&mut cfg.embedder, args.embedder);
     set(&mut cfg.dsa, args.dsa.clone());
     set(&mut cfg.eval_every, args.eval_every);
     set(&mut cfg.checkpoint_every, args.checkpoint_every);
     set(&mut cfg.eval.nets, args.eval_nets);
     set(&mut cfg.eval.epochs, args.eval_epochs);
-    set(&mut cfg.eval.model, args.eval_model.clone());
+    set(&mut cfg.eval.model, args.eval_model);
     if args.no_contrastive {
         cfg.contrastive = false;
     }
@@ -221,7 +221,10 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
             .factorization
             .hallucinators
             .as_ref()
-            .map_or(String::new(), |h| format!(" x {} hallucinators", h.shape.count)),
+            .map_or(String::new(), |h| format!(
+                " x {} hallucinators",
+                h.shape.count
+            )),
         storage.total_floats,
         storage.image_equivalents_per_class,
         result.percent(),
@@ -244,7 +247,9 @@ pub fn run_with_bar(
     bar.set_position(d.iteration as u64);
     let mut last_eval = String::new();
     let result = distill(d, data, dataset, run, &mut |e| match e {
-        Event::Step { iteration, losses, .. } => {
+        Event::Step {
+            iteration, losses, ..
+        } => {
             bar.set_position(iteration as u64);
             let mut msg = format!("loss {:.4}", losses.objective);
             if losses.adversary > 0.0 {
@@ -274,7 +279,9 @@ pub fn write_report(
 ) -> anyhow::Result<()> {
     let baselines: Vec<_> = baselines
         .iter()
-        .map(|(name, storage, r)| serde_json::json!({"name": name, "storage": storage, "result": r}))
+        .map(
+            |(name, storage, r)| serde_json::json!({"name": name, "storage": storage, "result": r}),
+        )
         .collect();
     let report = serde_json::json!({
         "method": d.cfg.label(),

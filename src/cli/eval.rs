@@ -131,7 +131,7 @@ fn protocol(args: &Args) -> anyhow::Result<EvalConfig> {
         bail!("--epochs and --batch must be at least 1");
     }
     Ok(EvalConfig {
-        model: args.model.clone(),
+        model: args.model,
         nets: args.nets,
         train: TrainConfig {
             batch: args.batch,
@@ -149,7 +149,8 @@ fn run_artifact(common: &Common, args: &Args, path: &std::path::Path) -> anyhow:
     let artifact = Artifact::load(&file, &selected.device)
         .with_context(|| format!("reading {}", file.display()))?;
     let dataset = super::datasets::load(common, &artifact.meta.dataset)?;
-    if dataset.shape != artifact.meta.image || dataset.classes.len() != artifact.meta.classes.len() {
+    if dataset.shape != artifact.meta.image || dataset.classes.len() != artifact.meta.classes.len()
+    {
         bail!(
             "{} was distilled from {:?} images of {} classes, but {} has {:?} images of {}",
             file.display(),
@@ -161,9 +162,11 @@ fn run_artifact(common: &Common, args: &Args, path: &std::path::Path) -> anyhow:
         );
     }
     let test = LabelledImages {
-        images: artifact
-            .normalization
-            .apply(&dataset.test.images, dataset.shape, &selected.device)?,
+        images: artifact.normalization.apply(
+            &dataset.test.images,
+            dataset.shape,
+            &selected.device,
+        )?,
         labels: dataset.test.labels.clone(),
     };
     let mut cfg = protocol(args)?;

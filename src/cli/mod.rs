@@ -60,7 +60,7 @@ pub enum Command {
     /// List the known datasets and where each was found; optionally download some.
     Datasets(datasets::Args),
     /// Distill a dataset into bases and hallucinators (HaBa) or plain images.
-    Distill(distill::Args),
+    Distill(Box<distill::Args>),
     /// Train fresh networks on a training set and report test accuracy (SPEC section 6).
     Eval(eval::Args),
     /// Write a distilled set as a class-per-folder PNG tree any framework can train on.
@@ -72,7 +72,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         None => demo::run(&cli.common),
         Some(Command::Datasets(args)) => datasets::run(&cli.common, args),
-        Some(Command::Distill(args)) => distill::run(&cli.common, args),
+        Some(Command::Distill(args)) => distill::run(&cli.common, *args),
         Some(Command::Eval(args)) => eval::run(&cli.common, args),
         Some(Command::Export(args)) => export::run(&cli.common, args),
     }

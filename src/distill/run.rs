@@ -17,9 +17,7 @@ use burn::tensor::Tensor;
 
 use super::config::DistillConfig;
 use super::runner::{Distiller, Losses};
-use crate::artifact::{
-    Artifact, ArtifactMeta, read_f32_tensors, write_atomic, write_f32_tensors,
-};
+use crate::artifact::{Artifact, ArtifactMeta, read_f32_tensors, write_atomic, write_f32_tensors};
 use crate::data::{Dataset, LabelledImages, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::{EvalConfig, EvalProgress, EvalResult, evaluate};
@@ -225,7 +223,7 @@ pub fn evaluate_factorization(
 /// The evaluation settings of a run's config.
 pub fn eval_config(cfg: &DistillConfig) -> EvalConfig {
     EvalConfig {
-        model: cfg.eval.model.clone(),
+        model: cfg.eval.model,
         nets: cfg.eval.nets,
         train: TrainConfig::protocol(cfg.eval.epochs, cfg.eval.lr),
         dsa: cfg.dsa.clone(),
@@ -261,7 +259,7 @@ pub fn distill(
             total,
             losses,
         });
-        if d.cfg.eval_every > 0 && iteration % d.cfg.eval_every == 0 && iteration < total {
+        if d.cfg.eval_every > 0 && iteration.is_multiple_of(d.cfg.eval_every) && iteration < total {
             let result = evaluate_factorization(
                 &d.factorization,
                 &data.test,
@@ -276,7 +274,7 @@ pub fn distill(
             })?;
             on_event(Event::Evaluated { iteration, result });
         }
-        if iteration % d.cfg.checkpoint_every == 0 || iteration == total {
+        if iteration.is_multiple_of(d.cfg.checkpoint_every) || iteration == total {
             checkpoint(d, data, dataset, run)?;
             on_event(Event::Checkpointed { iteration });
         }

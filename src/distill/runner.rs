@@ -169,7 +169,9 @@ impl Distiller {
 
     /// Momentum of the hallucinators' optimiser (for checkpoints).
     pub fn hallucinators_velocity(&self) -> Option<&Tensor<1>> {
-        self.hal_opt.as_ref().and_then(|(_, st)| st.velocity.as_ref())
+        self.hal_opt
+            .as_ref()
+            .and_then(|(_, st)| st.velocity.as_ref())
     }
 
     /// Puts back the state a checkpoint saved (see `run::resume`).
@@ -300,16 +302,17 @@ impl Distiller {
 
         // The adversary's own step, on a fresh pair of detached views.
         let mut adversary = 0.0;
-        if self.adversary.is_some() {
-            let w = self.cfg.contrastive_weights.clone();
-            let (x0, x1) = self.pair(
+        let views = match self.adversary {
+            Some(_) => Some(self.pair(
                 &self.factorization,
                 self.factorization.bases.clone(),
                 &mut rng,
-            )?;
-            let labels = self.factorization.labels.clone();
-            let adv = self.adversary.as_mut().expect("checked above");
-            adversary = adv.step(x0, x1, &labels, &w);
+            )?),
+            None => None,
+        };
+        if let (Some((x0, x1)), Some(adv)) = (views, &mut self.adversary) {
+            let labels = &self.factorization.labels;
+            adversary = adv.step(x0, x1, labels, &self.cfg.contrastive_weights);
         }
         self.iteration += 1;
         Ok(Losses {
