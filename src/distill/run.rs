@@ -246,6 +246,29 @@ pub fn distill(
     let start = std::time::Instant::now();
     let total = d.cfg.iterations;
     let eval_cfg = eval_config(&d.cfg);
+    // Evaluates the current factorization, logs and reports the result.
+    let evaluate_now = |d: &Distiller,
+                        metrics: &mut MetricsLog,
+                        on_event: &mut dyn FnMut(Event)|
+     -> Result<EvalResult> {
+        let result = evaluate_factorization(
+            &d.factorization,
+            &data.test,
+            data.classes,
+            &eval_cfg,
+            d.cfg.seed,
+            &mut |p| on_event(Event::EvalProgress(p)),
+        )?;
+        metrics.log(&EvalRecord {
+            iteration: d.iteration,
+            eval: &result,
+        })?;
+        on_event(Event::Evaluated {
+            iteration: d.iteration,
+            result: result.clone(),
+        });
+        Ok(result)
+    };
     while d.iteration < total {
         let losses = d.step(data)?;
         let iteration = d.iteration;
@@ -260,46 +283,19 @@ pub fn distill(
             losses,
         });
         if d.cfg.eval_every > 0 && iteration.is_multiple_of(d.cfg.eval_every) && iteration < total {
-            let result = evaluate_factorization(
-                &d.factorization,
-                &data.test,
-                data.classes,
-                &eval_cfg,
-                d.cfg.seed,
-                &mut |p| on_event(Event::EvalProgress(p)),
-            )?;
-            metrics.log(&EvalRecord {
-                iteration,
-                eval: &result,
-            })?;
-            on_event(Event::Evaluated { iteration, result });
+            evaluate_now(d, &mut metrics, on_event)?;
         }
         if iteration.is_multiple_of(d.cfg.checkpoint_every) || iteration == total {
             checkpoint(d, data, dataset, run)?;
             on_event(Event::Checkpointed { iteration });
         }
     }
-    if total == 0 || !run.artifact().exists() {
+    if !run.artifact().exists() {
         checkpoint(d, data, dataset, run)?;
     }
     let artifact = artifact_of(d, data, dataset);
     bases_png(&run.path, &artifact)?;
     hallucinated_png(&run.path, &artifact)?;
-    let result = evaluate_factorization(
-        &d.factorization,
-        &data.test,
-        data.classes,
-        &eval_cfg,
-        d.cfg.seed,
-        &mut |p| on_event(Event::EvalProgress(p)),
-    )?;
-    metrics.log(&EvalRecord {
-        iteration: d.iteration,
-        eval: &result,
-    })?;
-    on_event(Event::Evaluated {
-        iteration: d.iteration,
-        result: result.clone(),
-    });
+    let result = evaluate_now(d, &mut metrics, on_event)?;
     Ok(result)
 }
