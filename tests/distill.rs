@@ -39,6 +39,8 @@ fn held_out_loss(d: &Distiller, data: &Prepared) -> f32 {
 fn config(haba: bool) -> DistillConfig {
     DistillConfig {
         haba,
+        ipc: 1,
+        budget_equal: false,
         iterations: 30,
         batch_real: 32,
         embedder: "ConvNetW32".parse().unwrap(),
