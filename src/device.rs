@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
 
 use burn::tensor::Device;
 
@@ -80,7 +79,7 @@ struct WgpuAdapter {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
-    static ADAPTER: OnceLock<std::result::Result<WgpuAdapter, String>> = OnceLock::new();
+    static ADAPTER: std::sync::OnceLock<std::result::Result<WgpuAdapter, String>> = OnceLock::new();
     ADAPTER.get_or_init(|| {
         let (device, setup) = Device::wgpu_options()
             .init_with_setup()
