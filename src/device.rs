@@ -79,7 +79,8 @@ struct WgpuAdapter {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
-    static ADAPTER: std::sync::OnceLock<std::result::Result<WgpuAdapter, String>> = OnceLock::new();
+    static ADAPTER: std::sync::OnceLock<std::result::Result<WgpuAdapter, String>> =
+        std::sync::OnceLock::new();
     ADAPTER.get_or_init(|| {
         let (device, setup) = Device::wgpu_options()
             .init_with_setup()
