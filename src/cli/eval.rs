@@ -47,9 +47,19 @@ pub struct Args {
     /// Preprocessing fitted on the train split: meanstd, zca (eps 0.1) or zca:EPS.
     #[arg(long, default_value = "meanstd")]
     pub preprocess: NormKind,
+    /// Standardise every training batch per channel: on or off (default: on for HaBa
+    /// artifacts, as HaBa's evaluation does; off otherwise).
+    #[arg(long)]
+    pub standardize: Option<Switch>,
     /// Write the numbers and every setting to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// What `--json` writes: the result with everything needed to repeat it.
@@ -135,6 +145,7 @@ fn protocol(args: &Args) -> anyhow::Result<EvalConfig> {
         nets: args.nets,
         train: TrainConfig {
             batch: args.batch,
+            standardize_batches: matches!(args.standardize, Some(Switch::On)),
             ..TrainConfig::protocol(args.epochs, args.lr)
         },
         dsa: args.dsa.clone(),
@@ -170,6 +181,9 @@ fn run_artifact(common: &Common, args: &Args, path: &std::path::Path) -> anyhow:
         labels: dataset.test.labels.clone(),
     };
     let mut cfg = protocol(args)?;
+    if args.standardize.is_none() {
+        cfg.train.standardize_batches = artifact.factorization.hallucinators.is_some();
+    }
     if let Some(lr) = artifact.lr {
         cfg.train.sgd.lr = lr;
     }

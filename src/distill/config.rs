@@ -83,7 +83,9 @@ pub struct DistillConfig {
     /// SGD on the bases (or plain images).
     pub lr_bases: f32,
     pub momentum_bases: f32,
-    /// SGD on the hallucinators.
+    /// SGD on the hallucinators. Far below the bases' rate: DM's gradient on the shared
+    /// encoder/decoder weights sums over every pixel of every basis, and at the bases'
+    /// rate of 1 those weights grow without bound within a few dozen iterations.
     pub lr_hallucinators: f32,
     pub momentum_hallucinators: f32,
     /// Real images per class per iteration (DM).
@@ -119,7 +121,7 @@ impl Default for DistillConfig {
             iterations: 20_000,
             lr_bases: 1.0,
             momentum_bases: 0.5,
-            lr_hallucinators: 1.0,
+            lr_hallucinators: 1e-3,
             momentum_hallucinators: 0.5,
             batch_real: 256,
             embedder: Arch::default(),

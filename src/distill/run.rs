@@ -193,8 +193,8 @@ pub fn resume(run: &RunDir, data: &Prepared, dataset: &Dataset) -> Result<Distil
 }
 
 /// The evaluation protocol on a factorization's images. HaBa sets hold M views of each
-/// basis and each epoch draws one (SPEC section 6), and, as the reference HaBa evaluation
-/// does, every batch is standardised (per channel here, not with one scalar).
+/// basis and each epoch draws one (SPEC section 6). Whether batches are standardised is
+/// `cfg.train.standardize_batches` (see [`eval_config`]).
 pub fn evaluate_factorization(
     fact: &Factorization,
     test: &LabelledImages,
@@ -212,7 +212,6 @@ pub fn evaluate_factorization(
     let cfg = EvalConfig {
         train: TrainConfig {
             views,
-            standardize_batches: fact.hallucinators.is_some(),
             ..cfg.train.clone()
         },
         ..cfg.clone()
@@ -220,12 +219,16 @@ pub fn evaluate_factorization(
     evaluate(&set, test, classes, &cfg, seed, on_progress)
 }
 
-/// The evaluation settings of a run's config.
+/// The evaluation settings of a run's config. HaBa runs standardise every batch, as the
+/// reference HaBa evaluation does (per channel here, not with one scalar).
 pub fn eval_config(cfg: &DistillConfig) -> EvalConfig {
     EvalConfig {
         model: cfg.eval.model,
         nets: cfg.eval.nets,
-        train: TrainConfig::protocol(cfg.eval.epochs, cfg.eval.lr),
+        train: TrainConfig {
+            standardize_batches: cfg.haba,
+            ..TrainConfig::protocol(cfg.eval.epochs, cfg.eval.lr)
+        },
         dsa: cfg.dsa.clone(),
         ..EvalConfig::default()
     }
