@@ -166,3 +166,93 @@ fn truncated_dataset_file_names_the_file() {
         "{t}"
     );
 }
+
+#[test]
+fn distill_writes_a_run_directory_that_eval_export_and_resume_read() {
+    let dir = temp_dir("distill");
+    let run = dir.join("run");
+    let run_s = run.to_str().unwrap();
+    let common = ["--device", "cpu", "--seed", "2"];
+    let quick = [
+        "distill",
+        "--preset",
+        "quick",
+        "--iterations",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--eval-nets",
+        "1",
+        "--eval-epochs",
+        "2",
+        "--out",
+        run_s,
+    ];
+    let out = haba(&[&quick[..], &common[..]].concat(), &dir);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("storage") && t.contains("test accuracy"), "{t}");
+    for f in [
+        "distilled.safetensors",
+        "bases.png",
+        "hallucinated.png",
+        "metrics.jsonl",
+        "report.json",
+        "config.toml",
+        "checkpoint.safetensors",
+        "checkpoint.json",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["method"], "haba-dm");
+    assert_eq!(report["settings"]["seed"], 2);
+    // Budget-equal at 2 images per class of 784 floats: 15,680; five hallucinators take
+    // 6,860, which leaves one basis per class.
+    assert_eq!(report["bases_per_class"], 1);
+    assert_eq!(report["storage"]["total_floats"], 7840 + 6860);
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().filter(|l| l.contains("objective")).count(), 4);
+    assert!(lines.lines().last().unwrap().contains("\"eval\""));
+
+    // The same --out again is refused, with the way to continue.
+    let again = haba(&[&quick[..], &common[..]].concat(), &dir);
+    assert!(!again.status.success() && text(&again).contains("--resume"));
+
+    let out = haba(
+        &[
+            "eval",
+            run_s,
+            "--nets",
+            "1",
+            "--epochs",
+            "2",
+            "--model",
+            "ConvNetW32",
+            "--device",
+            "cpu",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("haba-dm"), "{}", text(&out));
+
+    let png = dir.join("png");
+    let out = haba(&["export", run_s, "--png-dir", png.to_str().unwrap()], &dir);
+    assert!(out.status.success(), "{}", text(&out));
+    let count: usize = std::fs::read_dir(&png)
+        .unwrap()
+        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(count, 10 * 5, "one image per basis and hallucinator");
+
+    // Resuming a finished run evaluates it again and changes nothing else.
+    let before = std::fs::read(run.join("distilled.safetensors")).unwrap();
+    let out = haba(&["distill", "--resume", run_s, "--device", "cpu"], &dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        before,
+        std::fs::read(run.join("distilled.safetensors")).unwrap()
+    );
+}
