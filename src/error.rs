@@ -11,6 +11,8 @@ pub enum Error {
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
     Net(#[from] crate::nets::NetError),
+    #[error(transparent)]
+    Affine(#[from] crate::haba::affine::AffineError),
     #[error("{0}")]
     Device(String),
     #[error("invalid setting: {0}")]

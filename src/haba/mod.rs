@@ -94,10 +94,7 @@ impl Factorization {
     pub fn images(&self, bases: Tensor<4>, h: &[usize]) -> Result<Tensor<4>, crate::Error> {
         match &self.hallucinators {
             None => Ok(bases),
-            Some(hal) => hal
-                .shape
-                .apply(&hal.params, bases, h)
-                .map_err(|e| crate::Error::Config(e.to_string())),
+            Some(hal) => Ok(hal.shape.apply(&hal.params, bases, h)?),
         }
     }
 
