@@ -51,8 +51,8 @@ fn config(haba: bool) -> DistillConfig {
 
 #[test]
 fn haba_dm_lowers_the_objective_and_repeats_with_its_seed() {
-    let (prepared, data) = setup();
-    let mut d = Distiller::new(config(true), &prepared, &data.train).unwrap();
+    let (prepared, _) = setup();
+    let mut d = Distiller::new(config(true), &prepared).unwrap();
     let before = held_out_loss(&d, &prepared);
     let mut first = Vec::new();
     for _ in 0..30 {
@@ -68,7 +68,7 @@ fn haba_dm_lowers_the_objective_and_repeats_with_its_seed() {
     assert_eq!(s.hallucinator_floats, 5 * (10 + 2 * 26 * 26 + 10));
     assert!((s.image_equivalents - (7840.0 + 6860.0) / 784.0).abs() < 1e-9);
 
-    let mut again = Distiller::new(config(true), &prepared, &data.train).unwrap();
+    let mut again = Distiller::new(config(true), &prepared).unwrap();
     for l in &first[..3] {
         let m = again.step(&prepared).unwrap();
         assert_eq!(m.objective, l.objective, "same seed, same losses");
@@ -77,8 +77,8 @@ fn haba_dm_lowers_the_objective_and_repeats_with_its_seed() {
 
 #[test]
 fn plain_dm_learns_images_without_hallucinators() {
-    let (prepared, data) = setup();
-    let mut d = Distiller::new(config(false), &prepared, &data.train).unwrap();
+    let (prepared, _) = setup();
+    let mut d = Distiller::new(config(false), &prepared).unwrap();
     assert!(d.factorization.hallucinators.is_none() && d.adversary.is_none());
     let before = held_out_loss(&d, &prepared);
     for _ in 0..30 {
@@ -99,12 +99,12 @@ fn resumed_run_takes_the_same_steps_as_an_uninterrupted_one() {
     let cfg = config(true);
     run.write_config(&cfg).unwrap();
 
-    let mut straight = Distiller::new(cfg, &prepared, &data.train).unwrap();
+    let mut straight = Distiller::new(cfg, &prepared).unwrap();
     for _ in 0..2 {
         straight.step(&prepared).unwrap();
     }
     checkpoint(&straight, &prepared, &data, &run).unwrap();
-    let mut resumed = resume(&run, &prepared, &data).unwrap();
+    let mut resumed = resume(&run, &prepared).unwrap();
     assert_eq!(resumed.iteration, 2);
     for _ in 0..2 {
         let a = straight.step(&prepared).unwrap();
@@ -128,7 +128,7 @@ fn resumed_run_takes_the_same_steps_as_an_uninterrupted_one() {
 
     // A broken checkpoint is an error naming the file, not a panic.
     std::fs::write(run.checkpoint_state(), "{}").unwrap();
-    let err = resume(&run, &prepared, &data).err().unwrap().to_string();
+    let err = resume(&run, &prepared).err().unwrap().to_string();
     assert!(err.contains("checkpoint.json"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

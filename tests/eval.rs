@@ -11,7 +11,7 @@ fn quick_eval(seed: u64) -> haba::eval::EvalResult {
     let device = Device::flex();
     let data = embedded::fashion_mnist_subset().unwrap();
     let prepared = Prepared::new(&data, NormKind::MeanStd, &device).unwrap();
-    let idx = subset::random_per_class(&data.train, 10, 10, &mut Rng::new(seed)).unwrap();
+    let idx = subset::random_per_class(&data.train.labels, 10, 10, &mut Rng::new(seed)).unwrap();
     let train = prepared.train_subset(&idx);
     let cfg = EvalConfig {
         model: "ConvNetW32".parse().unwrap(),

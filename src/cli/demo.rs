@@ -34,7 +34,7 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
         run.path.display()
     );
 
-    let mut haba_dm = Distiller::new(cfg.clone(), &prepared, &dataset.train)?;
+    let mut haba_dm = Distiller::new(cfg.clone(), &prepared)?;
     let haba_result = super::distill::run_with_bar(&mut haba_dm, &prepared, &dataset, &run)?;
     let mut rows = vec![(
         "HaBa-DM".to_string(),
@@ -49,13 +49,13 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
         ..cfg.clone()
     };
     let dm_run = RunDir::new(run.path.join("baseline-dm"))?;
-    let mut dm = Distiller::new(dm_cfg, &prepared, &dataset.train)?;
+    let mut dm = Distiller::new(dm_cfg, &prepared)?;
     let dm_result = super::distill::run_with_bar(&mut dm, &prepared, &dataset, &dm_run)?;
     rows.push(("DM".to_string(), dm.storage(), dm_result));
 
     let mut rng = Rng::new(cfg.seed);
     let classes = dataset.classes.len();
-    let idx = subset::random_per_class(&dataset.train, classes, cfg.ipc, &mut rng)?;
+    let idx = subset::random_per_class(&dataset.train.labels, classes, cfg.ipc, &mut rng)?;
     let real = prepared.train_subset(&idx);
     eprintln!("random real images, {} per class:", cfg.ipc);
     let real_result =

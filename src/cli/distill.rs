@@ -205,9 +205,10 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
     let prepared = Prepared::new(&dataset, cfg.preprocess, &selected.device)
         .with_context(|| format!("preprocessing {}", dataset.name))?;
     let mut distiller = match &args.resume {
-        Some(_) => resume(&run, &prepared, &dataset)
-            .with_context(|| format!("resuming {}", run.path.display()))?,
-        None => Distiller::new(cfg, &prepared, &dataset.train)?,
+        Some(_) => {
+            resume(&run, &prepared).with_context(|| format!("resuming {}", run.path.display()))?
+        }
+        None => Distiller::new(cfg, &prepared)?,
     };
     let result = run_with_bar(&mut distiller, &prepared, &dataset, &run)?;
     let storage = distiller.storage();

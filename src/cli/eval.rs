@@ -94,7 +94,12 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
     let train_set = match args.random_real {
         Some(n) => {
             let mut rng = Rng::new(common.seed());
-            let idx = subset::random_per_class(&dataset.train, dataset.classes.len(), n, &mut rng)?;
+            let idx = subset::random_per_class(
+                &dataset.train.labels,
+                dataset.classes.len(),
+                n,
+                &mut rng,
+            )?;
             prepared.train_subset(&idx)
         }
         None => prepared.train.clone(),

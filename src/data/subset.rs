@@ -1,18 +1,18 @@
 //! Choosing training subsets: the "random real" baseline draws N images per class.
 
-use super::{DataError, Split};
+use super::DataError;
 use crate::rng::Rng;
 
 /// Indices of `per_class` images of every class, drawn without replacement by `rng`,
 /// grouped by class (class 0 first). Errors when a class has fewer images than asked.
 pub fn random_per_class(
-    split: &Split,
+    labels: &[u16],
     classes: usize,
     per_class: usize,
     rng: &mut Rng,
 ) -> Result<Vec<usize>, DataError> {
     let mut by_class = vec![Vec::new(); classes];
-    for (i, &label) in split.labels.iter().enumerate() {
+    for (i, &label) in labels.iter().enumerate() {
         if let Some(list) = by_class.get_mut(label as usize) {
             list.push(i);
         }
@@ -38,22 +38,18 @@ mod tests {
     #[test]
     fn draws_per_class_without_replacement_and_repeats_with_seed() {
         let labels: Vec<u16> = (0..60).map(|i| (i % 3) as u16).collect();
-        let split = Split {
-            images: vec![0; 60],
-            labels,
-        };
-        let a = random_per_class(&split, 3, 5, &mut Rng::new(1)).unwrap();
-        let b = random_per_class(&split, 3, 5, &mut Rng::new(1)).unwrap();
+        let a = random_per_class(&labels, 3, 5, &mut Rng::new(1)).unwrap();
+        let b = random_per_class(&labels, 3, 5, &mut Rng::new(1)).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len(), 15);
         for (k, &i) in a.iter().enumerate() {
-            assert_eq!(split.labels[i] as usize, k / 5);
+            assert_eq!(labels[i] as usize, k / 5);
         }
         let mut sorted = a.clone();
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), 15);
-        let err = random_per_class(&split, 3, 21, &mut Rng::new(1)).unwrap_err();
+        let err = random_per_class(&labels, 3, 21, &mut Rng::new(1)).unwrap_err();
         assert!(err.to_string().contains("fewer than the 21"), "{err}");
     }
 }

@@ -150,9 +150,9 @@ pub fn checkpoint(d: &Distiller, data: &Prepared, dataset: &Dataset, run: &RunDi
 /// the saved factorization, momenta, adversary and iteration put back. Because every
 /// iteration draws from a generator seeded by (seed, iteration), the resumed run takes the
 /// same steps the uninterrupted one would have.
-pub fn resume(run: &RunDir, data: &Prepared, dataset: &Dataset) -> Result<Distiller> {
+pub fn resume(run: &RunDir, data: &Prepared) -> Result<Distiller> {
     let cfg = run.read_config()?;
-    let mut d = Distiller::new(cfg, data, &dataset.train)?;
+    let mut d = Distiller::new(cfg, data)?;
     let state_path = run.checkpoint_state();
     let text = std::fs::read_to_string(&state_path).map_err(|source| Error::Io {
         path: state_path.clone(),

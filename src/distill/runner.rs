@@ -70,11 +70,7 @@ pub struct Distiller {
 
 impl Distiller {
     /// A fresh run: bases from real images (or noise), new hallucinators and adversary.
-    pub fn new(
-        cfg: DistillConfig,
-        data: &Prepared,
-        train_split: &crate::data::Split,
-    ) -> Result<Self> {
+    pub fn new(cfg: DistillConfig, data: &Prepared) -> Result<Self> {
         cfg.validate()?;
         let device = data.train.images.device();
         let (classes, image) = (data.classes, data.shape);
@@ -108,8 +104,7 @@ impl Distiller {
             image.channels
         };
         let (bases, labels) = init_bases(
-            &data.train.images,
-            train_split,
+            &data.train,
             classes,
             bases_per_class,
             channels,

@@ -7,7 +7,8 @@ pub mod hallucinator;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::data::{DataError, ImageShape, Split};
+use crate::data::subset::random_per_class;
+use crate::data::{DataError, ImageShape, LabelledImages};
 use crate::rng::Rng;
 pub use hallucinator::HallucinatorShape;
 
@@ -110,21 +111,20 @@ impl Factorization {
     }
 }
 
-/// Initial bases: `per_class` random real images of each class (already normalised, from
-/// `train_images` of the prepared train split with its labels), or standard-normal noise.
+/// Initial bases: `per_class` random real images of each class of the (normalised) train
+/// set, or standard-normal noise.
 /// Single-channel bases (`channels == 1` for a colour dataset) average the real image's
 /// channels, as the reference does.
 pub fn init_bases(
-    train_images: &Tensor<4>,
-    split: &Split,
+    train: &LabelledImages,
     classes: usize,
     per_class: usize,
     channels: usize,
     init: BaseInit,
     rng: &mut Rng,
 ) -> Result<(Tensor<4>, Vec<u16>), DataError> {
-    let [_, c, h, w] = train_images.dims();
-    let device: Device = train_images.device();
+    let [_, c, h, w] = train.images.dims();
+    let device: Device = train.images.device();
     let labels: Vec<u16> = (0..classes)
         .flat_map(|k| std::iter::repeat_n(k as u16, per_class))
         .collect();
@@ -135,10 +135,8 @@ pub fn init_bases(
             Tensor::from_data(TensorData::new(v, [n, channels, h, w]), &device)
         }
         BaseInit::Real => {
-            let idx = crate::data::subset::random_per_class(split, classes, per_class, rng)?;
-            let real = train_images
-                .clone()
-                .select(0, crate::train::index_tensor(&idx, &device));
+            let idx = random_per_class(&train.labels, classes, per_class, rng)?;
+            let (real, _) = train.batch(&idx);
             if channels == c {
                 real
             } else if channels == 1 {
