@@ -203,20 +203,16 @@ fn run_artifact(common: &Common, args: &Args, path: &std::path::Path) -> anyhow:
         cfg.model,
         cfg.train.epochs
     );
-    let bar = super::progress_bar((cfg.nets * cfg.train.epochs) as u64, "eval");
-    let result = evaluate_factorization(
-        &artifact.factorization,
-        &test,
-        dataset.classes.len(),
-        &cfg,
-        common.seed(),
-        &mut |p| {
-            if let EvalProgress::Epoch { .. } = p {
-                bar.inc(1)
-            }
-        },
-    )?;
-    bar.finish_and_clear();
+    let result = with_bar(&cfg, |progress| {
+        evaluate_factorization(
+            &artifact.factorization,
+            &test,
+            dataset.classes.len(),
+            &cfg,
+            common.seed(),
+            progress,
+        )
+    })?;
     println!(
         "{} | {} | {}: test accuracy {} %",
         dataset.name,
@@ -248,29 +244,38 @@ pub fn evaluate_with_bar(
     cfg: &EvalConfig,
     seed: u64,
 ) -> anyhow::Result<EvalResult> {
+    with_bar(cfg, |progress| {
+        haba::eval::evaluate(
+            train_set,
+            &prepared.test,
+            prepared.classes,
+            cfg,
+            seed,
+            progress,
+        )
+    })
+}
+
+/// Runs an evaluation with a progress bar over all epochs of all networks, showing the
+/// current loss and the accuracies of the networks done so far.
+fn with_bar(
+    cfg: &EvalConfig,
+    evaluate: impl FnOnce(&mut dyn FnMut(EvalProgress)) -> haba::Result<EvalResult>,
+) -> anyhow::Result<EvalResult> {
     let bar = super::progress_bar((cfg.nets * cfg.train.epochs) as u64, "eval");
     let mut accs: Vec<String> = Vec::new();
-    let result = haba::eval::evaluate(
-        train_set,
-        &prepared.test,
-        prepared.classes,
-        cfg,
-        seed,
-        &mut |p| match p {
-            EvalProgress::Epoch { net, loss, .. } => {
-                bar.inc(1);
-                bar.set_message(format!(
-                    "net {}/{} loss {loss:.3} {}",
-                    net + 1,
-                    cfg.nets,
-                    accs.join(" ")
-                ));
-            }
-            EvalProgress::NetDone { accuracy, .. } => {
-                accs.push(format!("{:.1}%", 100.0 * accuracy))
-            }
-        },
-    )?;
+    let result = evaluate(&mut |p| match p {
+        EvalProgress::Epoch { net, loss, .. } => {
+            bar.inc(1);
+            bar.set_message(format!(
+                "net {}/{} loss {loss:.3} {}",
+                net + 1,
+                cfg.nets,
+                accs.join(" ")
+            ));
+        }
+        EvalProgress::NetDone { accuracy, .. } => accs.push(format!("{:.1}%", 100.0 * accuracy)),
+    })?;
     bar.finish_and_clear();
     Ok(result)
 }
