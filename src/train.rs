@@ -73,7 +73,8 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch: usize,
     pub sgd: Sgd,
-    /// The learning rate is multiplied by 0.1 from this epoch on (half the epochs by default).
+    /// The learning rate is multiplied by 0.1 from this epoch on (by default just past half
+    /// the epochs, as the reference's `Epoch // 2 + 1`).
     pub decay_epoch: Option<usize>,
     /// Standardise every batch with its own per-channel mean and std (the HaBa evaluation
     /// of hallucinated images does this; plain real-image training does not).
@@ -98,7 +99,7 @@ impl TrainConfig {
                 momentum: 0.9,
                 weight_decay: 5e-4,
             },
-            decay_epoch: Some(epochs / 2),
+            decay_epoch: Some(epochs / 2 + 1),
             standardize_batches: false,
             views: 1,
         }
