@@ -5,6 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::tensor::Device;
+#[cfg(not(target_arch = "wasm32"))]
+use burn::tensor::wgpu::WgpuSetup;
 
 use crate::error::{Error, Result};
 
@@ -73,6 +75,10 @@ pub struct Selected {
 /// runtime can be initialised only once).
 struct WgpuAdapter {
     device: Device,
+    /// The wgpu instance, adapter, device and queue Burn runs on, for a renderer that
+    /// draws with the same device (the viewer).
+    #[cfg(not(target_arch = "wasm32"))]
+    setup: WgpuSetup,
     name: String,
     software: bool,
 }
@@ -89,6 +95,7 @@ fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
         let software = info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
         Ok(WgpuAdapter {
             device,
+            setup,
             name: format!("wgpu: {} ({:?})", info.name, info.backend),
             software,
         })
@@ -101,6 +108,16 @@ pub fn wgpu_device() -> Result<Device> {
     wgpu_adapter()
         .as_ref()
         .map(|a| a.device.clone())
+        .map_err(|e| Error::Device(format!("no wgpu adapter could be opened: {e}")))
+}
+
+/// The process-wide wgpu device with the wgpu objects it was opened on (instance,
+/// adapter, device, queue), so a renderer can draw on the very device Burn computes on.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn wgpu_setup() -> Result<(Device, WgpuSetup)> {
+    wgpu_adapter()
+        .as_ref()
+        .map(|a| (a.device.clone(), a.setup.clone()))
         .map_err(|e| Error::Device(format!("no wgpu adapter could be opened: {e}")))
 }
 

@@ -17,6 +17,8 @@ pub mod nets;
 pub mod report;
 pub mod rng;
 pub mod train;
+#[cfg(all(feature = "viewer", not(target_arch = "wasm32")))]
+pub mod viewer;
 
 pub use burn;
 pub use error::{Error, Result};

@@ -392,8 +392,9 @@ fn encode_png(bytes: &[u8], w: usize, h: usize, c: usize) -> Result<Vec<u8>, Str
 
 /// Images (normalised, `[N, C, H, W]`) as true-colour [0, 1] floats, CHW image after
 /// image: de-normalised when the normalisation fits their shape, else (single channel)
-/// each stretched from its own minimum to maximum.
-fn true_colour(images: Tensor<4>, normalization: &Normalization) -> Result<Vec<f32>, String> {
+/// each stretched from its own minimum to maximum. The same colours the PNGs get (the
+/// viewer shows them too).
+pub fn true_colour(images: Tensor<4>, normalization: &Normalization) -> Result<Vec<f32>, String> {
     let [_, c, h, w] = images.dims();
     let fits = match normalization {
         Normalization::MeanStd { mean, .. } => mean.len() == c,

@@ -5,6 +5,8 @@ mod demo;
 mod distill;
 mod eval;
 mod export;
+#[cfg(feature = "viewer")]
+mod view;
 
 use std::path::PathBuf;
 
@@ -65,6 +67,9 @@ pub enum Command {
     Eval(eval::Args),
     /// Write a distilled set as a class-per-folder PNG tree any framework can train on.
     Export(export::Args),
+    /// Open a window on a run directory or an artifact: images, curves, storage (live).
+    #[cfg(feature = "viewer")]
+    View(view::Args),
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -75,6 +80,8 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Distill(args)) => distill::run(&cli.common, *args),
         Some(Command::Eval(args)) => eval::run(&cli.common, args),
         Some(Command::Export(args)) => export::run(&cli.common, args),
+        #[cfg(feature = "viewer")]
+        Some(Command::View(args)) => view::run(&cli.common, args),
     }
 }
 

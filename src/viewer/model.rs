@@ -1,0 +1,441 @@
+//! What the viewer shows, without a window: where a run's files are, the curves of its
+//! `metrics.jsonl`, which tiles each view lays out, and images as RGBA bytes. Everything
+//! here is testable headless; `app.rs` only draws it.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use burn::tensor::Tensor;
+
+use crate::artifact::Artifact;
+use crate::data::Normalization;
+use crate::error::{Error, Result};
+
+/// The files a view reads: an artifact, and when it sits in a run directory that
+/// directory's metrics and report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub artifact: PathBuf,
+    pub run_dir: Option<PathBuf>,
+}
+
+impl Source {
+    /// `path` is a run directory or a `distilled.safetensors` file.
+    pub fn new(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            let artifact = path.join(crate::artifact::FILE_NAME);
+            if !artifact.exists() {
+                return Err(Error::Config(format!(
+                    "{} holds no {} (not a run directory, or the run has not written \
+                     its first checkpoint yet)",
+                    path.display(),
+                    crate::artifact::FILE_NAME
+                )));
+            }
+            Ok(Self {
+                artifact,
+                run_dir: Some(path.to_path_buf()),
+            })
+        } else if path.is_file() {
+            // A file inside a run directory still gets that directory's curves.
+            let run_dir = path
+                .parent()
+                .filter(|d| d.join(crate::report::METRICS_FILE).exists())
+                .map(Path::to_path_buf);
+            Ok(Self {
+                artifact: path.to_path_buf(),
+                run_dir,
+            })
+        } else {
+            Err(Error::Config(format!(
+                "{} is neither a run directory nor a file",
+                path.display()
+            )))
+        }
+    }
+
+    pub fn metrics(&self) -> Option<PathBuf> {
+        self.run_dir
+            .as_ref()
+            .map(|d| d.join(crate::report::METRICS_FILE))
+    }
+
+    pub fn report(&self) -> Option<PathBuf> {
+        self.run_dir.as_ref().map(|d| d.join("report.json"))
+    }
+}
+
+/// A file's modification time, `None` when it does not exist (yet).
+pub fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The curves of a run's `metrics.jsonl`: `[iteration, value]` points.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Curves {
+    pub objective: Vec<[f64; 2]>,
+    pub diversity: Vec<[f64; 2]>,
+    pub adversary: Vec<[f64; 2]>,
+    /// Mean evaluation accuracy.
+    pub accuracy: Vec<[f64; 2]>,
+    /// Its standard deviation over the evaluated networks, per point of `accuracy`.
+    pub accuracy_std: Vec<f64>,
+    /// Seconds since the start at the last logged iteration.
+    pub seconds: Option<f64>,
+}
+
+impl Curves {
+    /// Parses `metrics.jsonl`. Lines that are not (yet) whole JSON objects are skipped: a
+    /// running distillation may be writing the last one.
+    pub fn parse(text: &str) -> Self {
+        let mut c = Self::default();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let Some(it) = v.get("iteration").and_then(|i| i.as_f64()) else {
+                continue;
+            };
+            let num = |key: &str| v.get(key).and_then(|x| x.as_f64());
+            if let Some(eval) = v.get("eval") {
+                if let Some(mean) = eval.get("mean").and_then(|m| m.as_f64()) {
+                    c.accuracy.push([it, mean]);
+                    c.accuracy_std
+                        .push(eval.get("std").and_then(|s| s.as_f64()).unwrap_or(0.0));
+                }
+                continue;
+            }
+            for (key, series) in [
+                ("objective", &mut c.objective),
+                ("diversity", &mut c.diversity),
+                ("adversary", &mut c.adversary),
+            ] {
+                if let Some(x) = num(key).filter(|x| x.is_finite()) {
+                    series.push([it, x]);
+                }
+            }
+            if let Some(s) = num("seconds") {
+                c.seconds = Some(s);
+            }
+        }
+        c
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objective.is_empty() && self.accuracy.is_empty()
+    }
+}
+
+/// One tile of a grid: an image and what it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    /// Index of the basis in the artifact (class-major).
+    pub basis: usize,
+    /// Its position among its class's bases.
+    pub in_class: usize,
+    pub label: u16,
+    /// The hallucinator the basis went through; `None` for the basis itself.
+    pub hallucinator: Option<usize>,
+}
+
+impl Tile {
+    /// Index of the tile's image among [`Rendered::matrix`] (hallucinator-major, as
+    /// [`crate::haba::Factorization::all_images`] orders them) or [`Rendered::bases`].
+    pub fn image_index(&self, bases: usize) -> usize {
+        match self.hallucinator {
+            Some(j) => j * bases + self.basis,
+            None => self.basis,
+        }
+    }
+
+    /// The hover text: label and indices.
+    pub fn describe(&self, classes: &[String]) -> String {
+        let class = classes.get(self.label as usize).map_or("?", String::as_str);
+        let mut s = format!(
+            "class {} ({class})\nbasis {} (#{} of its class)",
+            self.label, self.basis, self.in_class
+        );
+        if let Some(j) = self.hallucinator {
+            s.push_str(&format!("\nhallucinator {j}"));
+        }
+        s
+    }
+}
+
+/// What the grids show: one class or all, one hallucinator or all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub class: Option<u16>,
+    pub hallucinator: Option<usize>,
+}
+
+/// The bases with their position in their class, in artifact order, keeping `class`.
+fn bases_of(labels: &[u16], class: Option<u16>) -> Vec<Tile> {
+    let mut seen = std::collections::HashMap::<u16, usize>::new();
+    labels
+        .iter()
+        .enumerate()
+        .map(|(basis, &label)| {
+            let n = seen.entry(label).or_default();
+            *n += 1;
+            Tile {
+                basis,
+                in_class: *n - 1,
+                label,
+                hallucinator: None,
+            }
+        })
+        .filter(|t| class.is_none_or(|c| c == t.label))
+        .collect()
+}
+
+/// The bases view: one row per class (only the filtered one), its bases left to right.
+pub fn bases_grid(labels: &[u16], classes: usize, filter: Filter) -> Vec<Vec<Tile>> {
+    let tiles = bases_of(labels, filter.class);
+    (0..classes as u16)
+        .filter(|c| filter.class.is_none_or(|f| f == *c))
+        .map(|c| tiles.iter().copied().filter(|t| t.label == c).collect())
+        .filter(|row: &Vec<Tile>| !row.is_empty())
+        .collect()
+}
+
+/// The hallucinator x basis matrix: one row per hallucinator (only the filtered one),
+/// every basis (of the filtered class) left to right. Without hallucinators (`count`
+/// 0, a plain DM/MTT set) the bases are the images: one row of them.
+pub fn matrix_grid(labels: &[u16], count: usize, filter: Filter) -> Vec<Vec<Tile>> {
+    let bases = bases_of(labels, filter.class);
+    if count == 0 {
+        return vec![bases];
+    }
+    (0..count)
+        .filter(|j| filter.hallucinator.is_none_or(|f| f == *j))
+        .map(|j| {
+            bases
+                .iter()
+                .map(|t| Tile {
+                    hallucinator: Some(j),
+                    ..*t
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Number of tiles of a grid.
+pub fn tile_count(grid: &[Vec<Tile>]) -> usize {
+    grid.iter().map(Vec::len).sum()
+}
+
+/// An image ready for a texture or a PNG: `size` is `[width, height]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rgba {
+    pub size: [usize; 2],
+    pub bytes: Vec<u8>,
+}
+
+/// Normalised images `[N, C, H, W]` (C = 1 or 3) as RGBA, in the colours the run's PNGs
+/// use ([`crate::report::true_colour`]). Reads them back from the device once.
+pub fn to_rgba(images: Tensor<4>, normalization: &Normalization) -> Result<Vec<Rgba>> {
+    let [n, c, h, w] = images.dims();
+    let values = crate::report::true_colour(images, normalization).map_err(Error::Config)?;
+    let plane = h * w;
+    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    Ok((0..n)
+        .map(|i| {
+            let img = &values[i * c * plane..(i + 1) * c * plane];
+            let mut bytes = Vec::with_capacity(plane * 4);
+            for p in 0..plane {
+                let (r, g, b) = if c >= 3 {
+                    (img[p], img[plane + p], img[2 * plane + p])
+                } else {
+                    (img[p], img[p], img[p])
+                };
+                bytes.extend_from_slice(&[byte(r), byte(g), byte(b), 255]);
+            }
+            Rgba {
+                size: [w, h],
+                bytes,
+            }
+        })
+        .collect())
+}
+
+/// Every image the grids show, generated on the artifact's device (on wgpu: our WGSL
+/// affine kernel) from the stored factorization.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    pub bases: Vec<Rgba>,
+    /// Every basis through every hallucinator, hallucinator-major; empty without
+    /// hallucinators.
+    pub matrix: Vec<Rgba>,
+}
+
+impl Rendered {
+    pub fn new(artifact: &Artifact) -> Result<Self> {
+        let f = &artifact.factorization;
+        let bases = to_rgba(f.bases.clone(), &artifact.normalization)?;
+        let matrix = if f.hallucinators.is_some() {
+            let (images, _) = f.all_images()?;
+            to_rgba(images, &artifact.normalization)?
+        } else {
+            Vec::new()
+        };
+        Ok(Self { bases, matrix })
+    }
+}
+
+/// Hallucinator count of an artifact (0 for a plain set).
+pub fn hallucinator_count(artifact: &Artifact) -> usize {
+    artifact
+        .factorization
+        .hallucinators
+        .as_ref()
+        .map_or(0, |h| h.shape.count)
+}
+
+/// The what-if row: one normalised image `[1, Cb, H, W]` (a basis, or a real image brought
+/// to the bases' channels) through every hallucinator.
+pub fn what_if(artifact: &Artifact, image: Tensor<4>) -> Result<Vec<Rgba>> {
+    let m = hallucinator_count(artifact);
+    if m == 0 {
+        return to_rgba(image, &artifact.normalization);
+    }
+    let batch = Tensor::cat(vec![image; m], 0);
+    let h: Vec<usize> = (0..m).collect();
+    let images = artifact.factorization.images(batch, &h)?;
+    to_rgba(images, &artifact.normalization)
+}
+
+/// One real test image of the artifact's dataset, normalised like the run's data and
+/// brought to the bases' channel count, plus its pixels for display. `None` when the
+/// dataset is not available here.
+pub fn real_image(
+    artifact: &Artifact,
+    test: &crate::data::Split,
+    index: usize,
+) -> Result<(Tensor<4>, Rgba, u16)> {
+    let shape = artifact.meta.image;
+    let n = test.len();
+    if n == 0 {
+        return Err(Error::Config("the dataset has no test images".into()));
+    }
+    let i = index % n;
+    let pixels = &test.images[i * shape.numel()..(i + 1) * shape.numel()];
+    let device = artifact.factorization.bases.device();
+    let raw = crate::data::preprocess::pixels_to_tensor(pixels, shape, &device)?;
+    let shown = to_rgba_pixels(raw.clone())?;
+    let normal = artifact.normalization.apply_tensor(raw)?;
+    let cb = artifact.factorization.bases.dims()[1];
+    let image = if cb == shape.channels {
+        normal
+    } else {
+        normal.mean_dim(1)
+    };
+    Ok((image, shown, test.labels[i]))
+}
+
+/// [0, 1] pixels `[1, C, H, W]` as RGBA.
+fn to_rgba_pixels(pixels: Tensor<4>) -> Result<Rgba> {
+    let c = pixels.dims()[1];
+    let identity = Normalization::MeanStd {
+        mean: vec![0.0; c],
+        std: vec![1.0; c],
+    };
+    Ok(to_rgba(pixels, &identity)?.remove(0))
+}
+
+/// The dataset a run was distilled from, as the CLI loads it.
+pub fn load_dataset(name: &str, data_dir: Option<PathBuf>) -> Result<crate::data::Dataset> {
+    Ok(if name == "embedded" || name == "fashion-mnist-subset" {
+        crate::data::embedded::fashion_mnist_subset()?
+    } else {
+        crate::data::load(name, &crate::data::SearchPaths::new(data_dir))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrix_has_a_tile_per_hallucinator_and_basis() {
+        let labels = [0u16, 0, 1, 1, 2, 2];
+        let all = matrix_grid(&labels, 5, Filter::default());
+        assert_eq!(all.len(), 5);
+        assert_eq!(tile_count(&all), 30);
+        let one_class = matrix_grid(
+            &labels,
+            5,
+            Filter {
+                class: Some(1),
+                hallucinator: None,
+            },
+        );
+        assert_eq!(tile_count(&one_class), 10);
+        assert!(one_class.iter().flatten().all(|t| t.label == 1));
+        assert_eq!(one_class[3][1].image_index(6), 3 * 6 + 3);
+        let one = matrix_grid(
+            &labels,
+            5,
+            Filter {
+                class: Some(2),
+                hallucinator: Some(4),
+            },
+        );
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0][1].basis, 5);
+        assert_eq!(one[0][1].in_class, 1);
+        // A plain set: the bases are the images, one row.
+        assert_eq!(tile_count(&matrix_grid(&labels, 0, Filter::default())), 6);
+    }
+
+    #[test]
+    fn bases_grid_is_one_row_per_class() {
+        let labels = [0u16, 0, 1, 1, 2, 2];
+        let grid = bases_grid(&labels, 3, Filter::default());
+        assert_eq!(grid.len(), 3);
+        assert!(grid.iter().all(|r| r.len() == 2));
+        let t = grid[2][0];
+        assert_eq!((t.basis, t.in_class, t.label), (4, 0, 2));
+        let names = ["a".to_string(), "b".into(), "c".into()];
+        assert!(t.describe(&names).contains("class 2 (c)"));
+        let filtered = bases_grid(
+            &labels,
+            3,
+            Filter {
+                class: Some(1),
+                hallucinator: None,
+            },
+        );
+        assert_eq!(tile_count(&filtered), 2);
+    }
+
+    #[test]
+    fn metrics_parse_losses_and_evaluations_and_skip_partial_lines() {
+        let text = r#"{"iteration":1,"objective":10.5,"diversity":0.1,"adversary":2.0,"seconds":1.0}
+{"iteration":2,"objective":8.0,"diversity":0.2,"adversary":1.5,"seconds":2.0}
+{"iteration":2,"eval":{"accuracies":[0.5,0.7],"mean":0.6,"std":0.1}}
+{"iteration":3,"objec"#;
+        let c = Curves::parse(text);
+        assert_eq!(c.objective, vec![[1.0, 10.5], [2.0, 8.0]]);
+        assert_eq!(c.adversary.len(), 2);
+        assert_eq!(c.accuracy, vec![[2.0, 0.6]]);
+        assert_eq!(c.accuracy_std, vec![0.1]);
+        assert_eq!(c.seconds, Some(2.0));
+        assert!(Curves::parse("").is_empty());
+    }
+
+    #[test]
+    fn rgba_of_grey_and_colour_images() {
+        use burn::tensor::{Device, TensorData};
+        let device = Device::flex();
+        let norm = Normalization::MeanStd {
+            mean: vec![0.5],
+            std: vec![0.5],
+        };
+        let x = Tensor::<4>::from_data(TensorData::new(vec![-1.0f32, 1.0], [1, 1, 1, 2]), &device);
+        let out = to_rgba(x, &norm).unwrap();
+        assert_eq!(out[0].size, [2, 1]);
+        assert_eq!(out[0].bytes, vec![0, 0, 0, 255, 255, 255, 255, 255]);
+    }
+}
