@@ -1,4 +1,4 @@
-//! The evaluation protocol (SPEC section 6): train K fresh networks on a training set and
+//! The evaluation protocol of the dataset-distillation papers: train K fresh networks on a training set and
 //! report their test accuracy, mean ± std.
 
 use crate::augment::{Dsa, DsaParams, Strategy};

@@ -67,7 +67,7 @@ impl Sgd {
     }
 }
 
-/// How to train one network (SPEC section 6 defaults).
+/// How to train one network (the reference evaluation protocol's defaults).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
     pub epochs: usize,

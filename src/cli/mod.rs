@@ -20,7 +20,9 @@ use haba::device::{DeviceChoice, Selected};
     version,
     about = "Dataset distillation via factorization (HaBa) on any WebGPU device",
     long_about = "Dataset distillation via factorization (HaBa) on any WebGPU device.\n\n\
-                  Without a command, runs the quick demo on the embedded Fashion-MNIST subset."
+                  Without a command, runs the main job: HaBa-DM, DM and random real images \
+                  at equal storage on Fashion-MNIST (the embedded subset, or the full set \
+                  when found)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -63,7 +65,7 @@ pub enum Command {
     Datasets(datasets::Args),
     /// Distill a dataset into bases and hallucinators (HaBa) or plain images.
     Distill(Box<distill::Args>),
-    /// Train fresh networks on a training set and report test accuracy (SPEC section 6).
+    /// Train fresh networks on a training set and report test accuracy.
     Eval(eval::Args),
     /// Write a distilled set as a class-per-folder PNG tree any framework can train on.
     Export(export::Args),

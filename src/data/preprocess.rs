@@ -3,7 +3,7 @@
 //!
 //! Pixels are first scaled to [0, 1] (`u8 / 255`, torchvision's `ToTensor`). Then either
 //! - [`Normalization::MeanStd`]: `(x - mean_c) / std_c` per channel, or
-//! - [`Normalization::Zca`]: ZCA whitening of the flattened image, SPEC section 4.
+//! - [`Normalization::Zca`]: ZCA whitening of the flattened image, as the MTT and HaBa CIFAR runs use it.
 //!
 //! # What the reference does for ZCA (checked against the code, not assumed)
 //! MTT (`GeorgeCazenavette/mtt-distillation`, `utils.py::get_dataset`) and HaBa

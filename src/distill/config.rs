@@ -11,7 +11,7 @@ use crate::nets::Arch;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// Distribution matching (SPEC 2.2).
+    /// Distribution matching (Zhao & Bilen).
     #[default]
     Dm,
 }

@@ -1,4 +1,4 @@
-//! Distribution matching (DM, SPEC section 2.2), as DatasetCondensation's `main_DM.py`
+//! Distribution matching (DM, Zhao & Bilen), as DatasetCondensation's `main_DM.py`
 //! computes it: a freshly initialised, never trained embedder maps a real and a synthetic
 //! batch of every class to features, and the loss is the squared distance between the two
 //! mean features, summed over features and classes.

@@ -193,7 +193,7 @@ pub fn resume(run: &RunDir, data: &Prepared) -> Result<Distiller> {
 }
 
 /// The evaluation protocol on a factorization's images. HaBa sets hold M views of each
-/// basis and each epoch draws one (SPEC section 6). Whether batches are standardised is
+/// basis and each epoch draws one, as HaBa's evaluation does. Whether batches are standardised is
 /// `cfg.train.standardize_batches` (see [`eval_config`]).
 pub fn evaluate_factorization(
     fact: &Factorization,

@@ -1,4 +1,4 @@
-//! The distillation loop: one [`Distiller::step`] is one iteration of SPEC 2.2 (with HaBa's
+//! The distillation loop: one [`Distiller::step`] is one iteration of distribution matching (with HaBa's
 //! 2.4 terms), reading top to bottom as data -> bases -> hallucinators -> augmentation ->
 //! embedder -> loss -> update.
 
@@ -28,7 +28,7 @@ pub struct Losses {
 }
 
 /// How many bases per class HaBa may keep so its floats fit the plain method's at `ipc`
-/// images per class (SPEC section 1's storage rule); an error when not even one fits.
+/// images per class (the paper's storage count); an error when not even one fits.
 pub fn budget_bases_per_class(
     ipc: usize,
     image: ImageShape,

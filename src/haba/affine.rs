@@ -1,4 +1,4 @@
-//! The hallucinators' affine modulation `scale ⊙ enc(x) + shift` (SPEC.md section 1), for a
+//! The hallucinators' affine modulation `scale ⊙ enc(x) + shift` (the HaBa paper), for a
 //! batch in which every sample may use a different hallucinator.
 //!
 //! The scale and shift maps of all M hallucinators are stacked into `[M, C, H, W]`

@@ -1,4 +1,4 @@
-//! HaBa's adversarial contrastive constraints (SPEC section 2.4): an adversary F learns to
+//! HaBa's adversarial contrastive constraints (from the HaBa paper): an adversary F learns to
 //! see through the hallucinators (two views of one basis should look alike to it and be
 //! classified alike), while the bases and hallucinators learn to make the views differ.
 //!
@@ -10,7 +10,7 @@
 //!   the default ConvNet (`Arch::default()`): same layers, order, eps and init; only the
 //!   parameter names differ (`model.N` there, `features.N` here). Differences: the
 //!   reference hard-codes 3 input channels and 2048 classifier inputs (so it crashes on
-//!   grayscale data, SPEC section 8); ours derives both from the image shape.
+//!   grayscale data); ours derives both from the image shape.
 //! - Features: the cosine terms use the raw flattened features (2048 for 32x32), the
 //!   SupCon term the same features L2-normalised (`F.normalize`, eps 1e-12).
 //! - Views: one batch of bases through two different hallucinators, `x0 = H_j(b)`,

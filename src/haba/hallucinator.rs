@@ -1,4 +1,4 @@
-//! Hallucinators (SPEC section 1): `x -> dec(scale ⊙ enc(x) + shift)`, M of them shared by
+//! Hallucinators (the HaBa paper): `x -> dec(scale ⊙ enc(x) + shift)`, M of them shared by
 //! all classes. All M live in one flat parameter vector so one optimiser step updates them,
 //! and a batch in which every basis uses its own hallucinator runs as three ops: a grouped
 //! convolution, the affine modulation kernel, and a grouped transposed convolution.
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn storage_matches_the_paper() {
-        // SPEC section 1: 84 + 2 * 2700 + 84 floats per hallucinator on CIFAR-10.
+        // The paper's count: 84 + 2 * 2700 + 84 floats per hallucinator on CIFAR-10.
         assert_eq!(cifar_like(1).params_per_hallucinator(), 5568);
         assert_eq!(cifar_like(5).num_params(), 27840);
         let total: usize = cifar_like(5)

@@ -1,4 +1,4 @@
-//! HaBa's factorization: bases and hallucinators (SPEC.md section 1), and the plain
+//! HaBa's factorization: bases and hallucinators (the HaBa paper), and the plain
 //! synthetic set of the base methods as its special case without hallucinators.
 
 pub mod affine;
@@ -30,7 +30,7 @@ pub struct Hallucinators {
     pub params: Tensor<1>,
 }
 
-/// Floats stored, honestly counted (SPEC section 1).
+/// Floats stored, honestly counted: bases plus every hallucinator parameter.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Storage {
     pub base_floats: usize,
@@ -60,7 +60,7 @@ impl Storage {
     }
 }
 
-/// How a synthetic set starts (SPEC: real images of each class, or noise).
+/// How a synthetic set starts (the paper: real images of each class, or noise).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BaseInit {
