@@ -29,32 +29,20 @@ const MAX_WORKGROUPS_PER_DIM: usize = 65_535;
 const FORWARD_WGSL: &str = include_str!("../../shaders/affine_forward.wgsl");
 const BACKWARD_WGSL: &str = include_str!("../../shaders/affine_backward.wgsl");
 
-/// The forward shader, as Burn's template machinery wants it.
-struct ForwardKernel;
-/// The backward shader.
-struct BackwardKernel;
+/// One of our WGSL shaders (its file name and source), as Burn's template machinery wants
+/// it: the workgroup size filled in, and an id that tells the shaders apart.
+struct Wgsl(&'static str, &'static str);
 
-impl KernelSource for ForwardKernel {
+const FORWARD: Wgsl = Wgsl("affine_forward.wgsl", FORWARD_WGSL);
+const BACKWARD: Wgsl = Wgsl("affine_backward.wgsl", BACKWARD_WGSL);
+
+impl KernelSource for Wgsl {
     fn source(&self) -> SourceTemplate {
-        SourceTemplate::new(FORWARD_WGSL).register("workgroup_size", WORKGROUP_SIZE.to_string())
+        SourceTemplate::new(self.1).register("workgroup_size", WORKGROUP_SIZE.to_string())
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info(WORKGROUP_SIZE)
-    }
-
-    fn lang(&self) -> &'static str {
-        "wgsl"
-    }
-}
-
-impl KernelSource for BackwardKernel {
-    fn source(&self) -> SourceTemplate {
-        SourceTemplate::new(BACKWARD_WGSL).register("workgroup_size", WORKGROUP_SIZE.to_string())
-    }
-
-    fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info(WORKGROUP_SIZE)
+        KernelId::new::<Self>().info((self.0, WORKGROUP_SIZE))
     }
 
     fn lang(&self) -> &'static str {
@@ -151,7 +139,7 @@ fn forward_wgsl(x: CubeTensor, scale: CubeTensor, shift: CubeTensor, h: &[u32]) 
     let elements = shape.num_elements();
     let info = info_table(h, elements / h.len(), scale.shape()[0]);
     let y = empty_like(&x, shape);
-    launch(ForwardKernel, elements, &[&x, &scale, &shift, &y], &info);
+    launch(FORWARD, elements, &[&x, &scale, &shift, &y], &info);
     y
 }
 
@@ -174,7 +162,7 @@ fn backward_wgsl(
     let dshift = empty_like(&scale, scale_shape);
     // One invocation per (m, p): M * P of them.
     launch(
-        BackwardKernel,
+        BACKWARD,
         params,
         &[&dy, &x, &scale, &dx, &dscale, &dshift],
         &info,
