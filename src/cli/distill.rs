@@ -50,6 +50,10 @@ pub struct Args {
     /// One-channel bases for colour data.
     #[arg(long)]
     pub single_channel: bool,
+    /// Start hallucinators close to the identity (an experiment; the reference starts them
+    /// as random filters).
+    #[arg(long)]
+    pub near_identity: bool,
     /// meanstd, zca or zca:EPS.
     #[arg(long)]
     pub preprocess: Option<NormKind>,
@@ -120,6 +124,7 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
     set(&mut cfg.ipc, args.ipc);
     cfg.budget_equal |= args.budget_equal;
     cfg.single_channel |= args.single_channel;
+    cfg.near_identity |= args.near_identity;
     set(&mut cfg.hallucinators, args.hallucinators);
     set(&mut cfg.kernel, args.kernel);
     set(&mut cfg.preprocess, args.preprocess);

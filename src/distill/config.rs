@@ -78,6 +78,9 @@ pub struct DistillConfig {
     pub kernel: usize,
     /// One-channel bases for colour data (three cost one RGB image).
     pub single_channel: bool,
+    /// Start hallucinators close to the identity instead of PyTorch's random filters
+    /// (an experiment, not the reference's choice).
+    pub near_identity: bool,
     pub init: BaseInit,
     pub iterations: usize,
     /// SGD on the bases (or plain images).
@@ -117,6 +120,7 @@ impl Default for DistillConfig {
             hallucinators: 5,
             kernel: 3,
             single_channel: false,
+            near_identity: false,
             init: BaseInit::Real,
             iterations: 20_000,
             lr_bases: 1.0,

@@ -113,7 +113,7 @@ impl Distiller {
         )?;
         let hallucinators = cfg.haba.then(|| Hallucinators {
             shape: hal_shape,
-            params: hal_shape.init(&mut rng, &device),
+            params: hal_shape.init(&mut rng, &device, cfg.near_identity),
         });
         let adversary = if cfg.haba && cfg.contrastive {
             Some(Adversary::new(image, classes, &mut rng, &device)?)

@@ -108,7 +108,10 @@ impl HallucinatorShape {
     /// Fresh hallucinators: scale 1 and shift 0 (identity modulation); encoder and decoder
     /// with PyTorch's default uniform initialisation (bound 1/sqrt(fan_in); for the
     /// transposed convolution PyTorch takes fan_in from the weight's second dimension).
-    pub fn init(&self, rng: &mut Rng, device: &Device) -> Tensor<1> {
+    /// `near_identity` (not the reference's choice) shrinks those draws tenfold and adds 1
+    /// at the centre tap of each channel, so every hallucinator starts close to copying its
+    /// basis instead of at a random gain.
+    pub fn init(&self, rng: &mut Rng, device: &Device, near_identity: bool) -> Tensor<1> {
         let (c, cb, k) = (self.channels, self.basis_channels, self.kernel);
         let enc_bound = 1.0 / ((cb * k * k) as f32).sqrt();
         let dec_bound = 1.0 / ((c * k * k) as f32).sqrt();
@@ -123,8 +126,34 @@ impl HallucinatorShape {
         v.extend(std::iter::repeat_n(0.0, shift));
         uniform(&mut v, dec_w, dec_bound);
         uniform(&mut v, dec_b, dec_bound);
+        if near_identity {
+            self.towards_identity(&mut v);
+        }
         let n = v.len();
         Tensor::from_data(TensorData::new(v, [n]), device)
+    }
+
+    fn towards_identity(&self, v: &mut [f32]) {
+        let (c, cb, k) = (self.channels, self.basis_channels, self.kernel);
+        let centre = (k / 2) * k + k / 2;
+        for (name, shape, offset) in self.tensors() {
+            let len: usize = shape.iter().product();
+            let slice = &mut v[offset..offset + len];
+            if name == "scale" || name == "shift" {
+                continue;
+            }
+            slice.iter_mut().for_each(|x| *x *= 0.1);
+            for m in 0..self.count {
+                for o in 0..c {
+                    let tap = match name {
+                        "enc.weight" => ((m * c + o) * cb + o % cb) * k * k + centre,
+                        "dec.weight" => ((m * c + o) * c + o) * k * k + centre,
+                        _ => continue,
+                    };
+                    slice[tap] += 1.0;
+                }
+            }
+        }
     }
 
     /// Images `H_{h[n]}(bases[n])` for a batch of bases `[N, Cb, H, W]`, where sample n
@@ -314,7 +343,7 @@ mod tests {
     fn fresh_hallucinators_have_identity_modulation_and_bounded_weights() {
         let s = cifar_like(2);
         let p = s
-            .init(&mut Rng::new(1), &Device::flex())
+            .init(&mut Rng::new(1), &Device::flex(), false)
             .into_data()
             .try_to_vec::<f32>()
             .unwrap();
@@ -328,6 +357,41 @@ mod tests {
                     assert!(vals.iter().all(|v| v.abs() <= bound), "{name}");
                     assert!(vals.iter().any(|v| v.abs() > bound / 2.0), "{name}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn near_identity_hallucinators_copy_the_interior_of_a_basis() {
+        let device = Device::flex();
+        let s = HallucinatorShape {
+            count: 2,
+            basis_channels: 1,
+            channels: 1,
+            kernel: 3,
+            height: 8,
+            width: 8,
+        };
+        let mut p = s
+            .init(&mut Rng::new(2), &device, true)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        // Without the small random part the map is exactly the identity inside the border.
+        for (name, shape, off) in s.tensors() {
+            if name != "scale" && name != "shift" {
+                let len: usize = shape.iter().product();
+                p[off..off + len].iter_mut().for_each(|x| *x = x.round());
+            }
+        }
+        let params = Tensor::<1>::from_data(TensorData::new(p.clone(), [p.len()]), &device);
+        let x: Vec<f32> = (0..64).map(|i| i as f32 / 10.0).collect();
+        let bases = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, 1, 8, 8]), &device);
+        let y = s.apply(&params, bases, &[1]).unwrap();
+        let y = y.into_data().try_to_vec::<f32>().unwrap();
+        for i in 2..6 {
+            for j in 2..6 {
+                assert!((y[i * 8 + j] - x[i * 8 + j]).abs() < 1e-5, "({i},{j})");
             }
         }
     }
