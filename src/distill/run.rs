@@ -62,17 +62,20 @@ impl RunDir {
 
     /// The settings a run was started with.
     pub fn read_config(&self) -> Result<DistillConfig> {
-        let path = self.config();
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        DistillConfig::from_toml(&text)
+        DistillConfig::from_toml(&read_text(&self.config())?)
     }
 
     pub fn write_config(&self, cfg: &DistillConfig) -> Result<()> {
         write_atomic(&self.config(), cfg.to_toml().as_bytes())
     }
+}
+
+/// A text file of the run, with an error naming it.
+fn read_text(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// What the loop reports as it goes (progress bars, logs).
@@ -154,10 +157,7 @@ pub fn resume(run: &RunDir, data: &Prepared) -> Result<Distiller> {
     let cfg = run.read_config()?;
     let mut d = Distiller::new(cfg, data)?;
     let state_path = run.checkpoint_state();
-    let text = std::fs::read_to_string(&state_path).map_err(|source| Error::Io {
-        path: state_path.clone(),
-        source,
-    })?;
+    let text = read_text(&state_path)?;
     let iteration = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v["iteration"].as_u64())

@@ -14,7 +14,7 @@ use crate::haba::contrastive::{Adversary, augment_pair};
 use crate::haba::{Factorization, HallucinatorShape, Hallucinators, Storage, init_bases};
 use crate::nets::Network;
 use crate::rng::Rng;
-use crate::train::{Sgd, SgdState, index_tensor};
+use crate::train::{Sgd, SgdState};
 
 /// Losses of one iteration, for the progress bar and `metrics.jsonl`.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -245,10 +245,7 @@ impl Distiller {
             .map(|idx| {
                 let take = self.cfg.batch_real.min(idx.len());
                 let pick: Vec<usize> = (0..take).map(|_| idx[rng.below(idx.len())]).collect();
-                data.train
-                    .images
-                    .clone()
-                    .select(0, index_tensor(&pick, &device))
+                data.train.batch(&pick).0
             })
             .collect();
         let objective = dm_loss(
