@@ -132,3 +132,30 @@ fn resumed_run_takes_the_same_steps_as_an_uninterrupted_one() {
     assert!(err.contains("checkpoint.json"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn all_views_train_every_hallucinator_in_each_step() {
+    let (prepared, _) = setup();
+    let cfg = DistillConfig {
+        views: haba::distill::Views::All,
+        contrastive: false,
+        ..config(true)
+    };
+    let mut d = Distiller::new(cfg, &prepared).unwrap();
+    let shifts = |d: &Distiller| {
+        let h = d.factorization.hallucinators.as_ref().unwrap();
+        let (name, shape, offset) = h.shape.tensors()[3].clone();
+        assert_eq!((name, shape[0]), ("shift", 5));
+        let per: usize = shape[1..].iter().product();
+        let v = h.params.to_data().into_vec::<f32>().unwrap();
+        (0..5)
+            .map(|j| v[offset + j * per..offset + (j + 1) * per].to_vec())
+            .collect::<Vec<_>>()
+    };
+    let before = shifts(&d);
+    d.step(&prepared).unwrap();
+    let after = shifts(&d);
+    for j in 0..5 {
+        assert_ne!(before[j], after[j], "hallucinator {j} got no gradient");
+    }
+}

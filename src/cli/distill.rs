@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use haba::data::{Dataset, NormKind, Prepared};
 use haba::distill::run::{Event, RunDir, distill, resume};
-use haba::distill::{DistillConfig, Distiller, PRESETS};
+use haba::distill::{DistillConfig, Distiller, PRESETS, Views};
 use haba::eval::EvalResult;
 use haba::nets::Arch;
 
@@ -54,6 +54,9 @@ pub struct Args {
     /// as random filters).
     #[arg(long)]
     pub near_identity: bool,
+    /// Hallucinated views per basis in each step: `sample` (one at random) or `all`.
+    #[arg(long)]
+    pub views: Option<Views>,
     /// meanstd, zca or zca:EPS.
     #[arg(long)]
     pub preprocess: Option<NormKind>,
@@ -125,6 +128,7 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
     cfg.budget_equal |= args.budget_equal;
     cfg.single_channel |= args.single_channel;
     cfg.near_identity |= args.near_identity;
+    set(&mut cfg.views, args.views);
     set(&mut cfg.hallucinators, args.hallucinators);
     set(&mut cfg.kernel, args.kernel);
     set(&mut cfg.preprocess, args.preprocess);

@@ -39,6 +39,32 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// Which hallucinated images stand for the bases in one step of the base objective.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Views {
+    /// Each basis through one hallucinator drawn at random, as the reference's MTT code.
+    #[default]
+    Sample,
+    /// Each basis through every hallucinator. DM matches a class's mean embedding, so with
+    /// one random view per step the optimum is every view alone at that mean (the views
+    /// collapse); with all views only their average must match.
+    All,
+}
+
+impl std::str::FromStr for Views {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "sample" => Ok(Views::Sample),
+            "all" => Ok(Views::All),
+            _ => Err(Error::Config(format!(
+                "unknown views `{s}`; use `sample` or `all`"
+            ))),
+        }
+    }
+}
+
 /// The short evaluation run every `eval_every` iterations and at the end.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -81,6 +107,8 @@ pub struct DistillConfig {
     /// Start hallucinators close to the identity instead of PyTorch's random filters
     /// (an experiment, not the reference's choice).
     pub near_identity: bool,
+    /// Hallucinated views per basis in each step of the objective.
+    pub views: Views,
     pub init: BaseInit,
     pub iterations: usize,
     /// SGD on the bases (or plain images).
@@ -121,6 +149,7 @@ impl Default for DistillConfig {
             kernel: 3,
             single_channel: false,
             near_identity: false,
+            views: Views::Sample,
             init: BaseInit::Real,
             iterations: 20_000,
             lr_bases: 1.0,

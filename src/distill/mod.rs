@@ -6,5 +6,5 @@ pub mod dm;
 pub mod run;
 pub mod runner;
 
-pub use config::{DistillConfig, EvalSettings, Method, PRESETS};
+pub use config::{DistillConfig, EvalSettings, Method, PRESETS, Views};
 pub use runner::{Distiller, Losses};

@@ -4,7 +4,7 @@
 
 use burn::tensor::Tensor;
 
-use super::config::DistillConfig;
+use super::config::{DistillConfig, Views};
 use super::dm::dm_loss;
 use crate::augment::Dsa;
 use crate::data::{ImageShape, Prepared};
@@ -232,11 +232,24 @@ impl Distiller {
         };
         let m = tracked.hallucinators.as_ref().map_or(1, |h| h.shape.count);
 
-        // Synthetic images: every basis through a hallucinator drawn for it.
-        let h: Vec<usize> = (0..n).map(|_| rng.below(m)).collect();
-        let syn = tracked.images(bases.clone(), &h)?;
+        // Synthetic images: every basis through a hallucinator drawn for it, or through
+        // each hallucinator (hallucinator-major, so class c's views are strided by n).
+        let (syn, views) = match self.cfg.views {
+            Views::Sample => {
+                let h: Vec<usize> = (0..n).map(|_| rng.below(m)).collect();
+                (tracked.images(bases.clone(), &h)?, 1)
+            }
+            Views::All => {
+                let h: Vec<usize> = (0..m).flat_map(|j| std::iter::repeat_n(j, n)).collect();
+                let all = Tensor::cat(vec![bases.clone(); m], 0);
+                (tracked.images(all, &h)?, m)
+            }
+        };
         let syn: Vec<Tensor<4>> = (0..self.classes)
-            .map(|c| syn.clone().narrow(0, c * per_class, per_class))
+            .map(|c| {
+                let of = |j: usize| syn.clone().narrow(0, j * n + c * per_class, per_class);
+                Tensor::cat((0..views).map(of).collect(), 0)
+            })
             .collect();
         // Real batches, one per class.
         let real: Vec<Tensor<4>> = self
