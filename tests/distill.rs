@@ -147,7 +147,7 @@ fn all_views_train_every_hallucinator_in_each_step() {
         let (name, shape, offset) = h.shape.tensors()[3].clone();
         assert_eq!((name, shape[0]), ("shift", 5));
         let per: usize = shape[1..].iter().product();
-        let v = h.params.to_data().into_vec::<f32>().unwrap();
+        let v = h.params.to_data().try_into_vec::<f32>().unwrap();
         (0..5)
             .map(|j| v[offset + j * per..offset + (j + 1) * per].to_vec())
             .collect::<Vec<_>>()
