@@ -44,11 +44,11 @@ impl std::fmt::Display for Method {
 #[serde(rename_all = "lowercase")]
 pub enum Views {
     /// Each basis through one hallucinator drawn at random, as the reference's MTT code.
-    #[default]
     Sample,
-    /// Each basis through every hallucinator. DM matches a class's mean embedding, so with
-    /// one random view per step the optimum is every view alone at that mean (the views
-    /// collapse); with all views only their average must match.
+    /// Each basis through every hallucinator (the default for DM). DM matches a class's
+    /// mean embedding, so with one random view per step the optimum is every view alone at
+    /// that mean (the views collapse); with all views only their average must match.
+    #[default]
     All,
 }
 
@@ -149,7 +149,7 @@ impl Default for DistillConfig {
             kernel: 3,
             single_channel: false,
             near_identity: false,
-            views: Views::Sample,
+            views: Views::All,
             init: BaseInit::Real,
             iterations: 20_000,
             lr_bases: 1.0,
