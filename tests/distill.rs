@@ -76,6 +76,22 @@ fn haba_dm_lowers_the_objective_and_repeats_with_its_seed() {
 }
 
 #[test]
+fn one_view_per_step_also_lowers_the_objective() {
+    let (prepared, _) = setup();
+    let cfg = DistillConfig {
+        views: haba::distill::Views::Sample,
+        ..config(true)
+    };
+    let mut d = Distiller::new(cfg, &prepared).unwrap();
+    let before = held_out_loss(&d, &prepared);
+    for _ in 0..30 {
+        d.step(&prepared).unwrap();
+    }
+    let after = held_out_loss(&d, &prepared);
+    assert!(after < 0.8 * before, "held-out DM loss {before} -> {after}");
+}
+
+#[test]
 fn plain_dm_learns_images_without_hallucinators() {
     let (prepared, _) = setup();
     let mut d = Distiller::new(config(false), &prepared).unwrap();

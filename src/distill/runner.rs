@@ -239,11 +239,7 @@ impl Distiller {
                 let h: Vec<usize> = (0..n).map(|_| rng.below(m)).collect();
                 (tracked.images(bases.clone(), &h)?, 1)
             }
-            Views::All => {
-                let h: Vec<usize> = (0..m).flat_map(|j| std::iter::repeat_n(j, n)).collect();
-                let all = Tensor::cat(vec![bases.clone(); m], 0);
-                (tracked.images(all, &h)?, m)
-            }
+            Views::All => (tracked.every_view(bases.clone())?, m),
         };
         let syn: Vec<Tensor<4>> = (0..self.classes)
             .map(|c| {

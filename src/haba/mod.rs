@@ -99,15 +99,19 @@ impl Factorization {
         }
     }
 
-    /// Every training image: each basis through every hallucinator, hallucinator-major
-    /// (`M * len` images), with their labels.
+    /// Each of `bases` through every hallucinator, hallucinator-major (`M * N` images).
+    pub fn every_view(&self, bases: Tensor<4>) -> Result<Tensor<4>, crate::Error> {
+        let m = self.hallucinators.as_ref().map_or(1, |h| h.shape.count);
+        let n = bases.dims()[0];
+        let h: Vec<usize> = (0..m).flat_map(|j| std::iter::repeat_n(j, n)).collect();
+        self.images(Tensor::cat(vec![bases; m], 0), &h)
+    }
+
+    /// Every training image (see [`Self::every_view`]), with their labels.
     pub fn all_images(&self) -> Result<(Tensor<4>, Vec<u16>), crate::Error> {
         let m = self.hallucinators.as_ref().map_or(1, |h| h.shape.count);
-        let n = self.len();
-        let bases = Tensor::cat(vec![self.bases.clone(); m], 0);
-        let h: Vec<usize> = (0..m).flat_map(|j| std::iter::repeat_n(j, n)).collect();
         let labels = (0..m).flat_map(|_| self.labels.iter().copied()).collect();
-        Ok((self.images(bases, &h)?, labels))
+        Ok((self.every_view(self.bases.clone())?, labels))
     }
 }
 
