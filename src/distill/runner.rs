@@ -28,7 +28,8 @@ pub struct Losses {
 }
 
 /// How many bases per class HaBa may keep so its floats fit the plain method's at `ipc`
-/// images per class (the paper's storage count); an error when not even one fits.
+/// images per class (the paper's storage count); an error when not even one fits, naming
+/// the largest setting that would.
 pub fn budget_bases_per_class(
     ipc: usize,
     image: ImageShape,
@@ -36,21 +37,51 @@ pub fn budget_bases_per_class(
     hal: &HallucinatorShape,
 ) -> Result<usize> {
     let budget = ipc * classes * image.numel();
-    let hal_floats = hal.num_params();
-    let per_basis = hal.basis_channels * image.height * image.width;
-    let left = budget.saturating_sub(hal_floats);
-    let per_class = left / (classes * per_basis);
-    if per_class == 0 {
-        return Err(Error::Config(format!(
-            "--budget-equal: at {ipc} image(s) per class the budget is {budget} floats; \
-             {} hallucinators take {hal_floats}, which leaves {left}, less than one basis \
-             per class ({} floats). Use fewer hallucinators, single-channel bases, or a \
-             higher --ipc",
-            hal.count,
-            classes * per_basis
-        )));
+    let fits = |hal: &HallucinatorShape| {
+        let per_basis = hal.basis_channels * image.height * image.width;
+        budget.saturating_sub(hal.num_params()) / (classes * per_basis)
+    };
+    let per_class = fits(hal);
+    if per_class > 0 {
+        return Ok(per_class);
     }
-    Ok(per_class)
+    // Fewer hallucinators first, then one-channel bases for colour data.
+    let mut tries: Vec<HallucinatorShape> = (1..hal.count)
+        .rev()
+        .map(|count| HallucinatorShape { count, ..*hal })
+        .collect();
+    if hal.basis_channels > 1 {
+        let grey = HallucinatorShape {
+            basis_channels: 1,
+            ..*hal
+        };
+        tries.extend(
+            (1..=hal.count)
+                .rev()
+                .map(|count| HallucinatorShape { count, ..grey }),
+        );
+    }
+    let hint = match tries.iter().find(|h| fits(h) > 0) {
+        Some(h) => {
+            let grey = h.basis_channels < hal.basis_channels;
+            let n = fits(h);
+            format!(
+                "Try `--hallucinators {}{}{}`: it fits {n} {}{} per class.",
+                h.count,
+                if grey { " --single-channel" } else { "" },
+                if h.count < 2 { " --no-contrastive" } else { "" },
+                if grey { "one-channel " } else { "" },
+                if n == 1 { "basis" } else { "bases" },
+            )
+        }
+        None => "No hallucinator fits: raise --ipc.".into(),
+    };
+    Err(Error::Config(format!(
+        "--budget-equal: at {ipc} image(s) per class the budget is {budget} floats; {} \
+         hallucinators take {}, which leaves less than one basis per class. {hint}",
+        hal.count,
+        hal.num_params(),
+    )))
 }
 
 /// The state of a running distillation.
@@ -371,8 +402,29 @@ mod tests {
             budget_bases_per_class(10, cifar, 10, &hal(5, 1)).unwrap(),
             27
         );
-        // IPC 1: 30,720 - 27,840 = 2,880 floats, not one basis per class.
+        // IPC 1: 30,720 - 27,840 = 2,880 floats, not one basis per class. Fewer RGB
+        // hallucinators (5,568 floats each) never leave 30,720; three one-channel ones
+        // (30 + 5,400 + 84 floats each) leave 14,178: one 1,024-float basis per class.
         let err = budget_bases_per_class(1, cifar, 10, &hal(5, 3)).unwrap_err();
-        assert!(err.to_string().contains("less than one basis"), "{err}");
+        let err = err.to_string();
+        assert!(err.contains("less than one basis"), "{err}");
+        assert!(
+            err.contains("--hallucinators 3 --single-channel`: it fits 1 one-channel basis"),
+            "{err}"
+        );
+        // Fashion-MNIST at 1 image per class: one basis is the whole budget.
+        let fmnist = ImageShape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        };
+        let grey = HallucinatorShape {
+            channels: 1,
+            height: 28,
+            width: 28,
+            ..hal(5, 1)
+        };
+        let err = budget_bases_per_class(1, fmnist, 10, &grey).unwrap_err();
+        assert!(err.to_string().contains("raise --ipc"), "{err}");
     }
 }
