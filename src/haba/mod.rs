@@ -99,7 +99,8 @@ impl Factorization {
         }
     }
 
-    /// Each of `bases` through every hallucinator, hallucinator-major (`M * N` images).
+    /// Each of `bases` through every hallucinator, hallucinator-major (`M * N` images; the
+    /// bases themselves without hallucinators).
     pub fn every_view(&self, bases: Tensor<4>) -> Result<Tensor<4>, crate::Error> {
         let m = self.hallucinators.as_ref().map_or(1, |h| h.shape.count);
         let n = bases.dims()[0];

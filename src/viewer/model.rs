@@ -296,13 +296,7 @@ pub fn hallucinator_count(artifact: &Artifact) -> usize {
 /// The what-if row: one normalised image `[1, Cb, H, W]` (a basis, or a real image brought
 /// to the bases' channels) through every hallucinator.
 pub fn what_if(artifact: &Artifact, image: Tensor<4>) -> Result<Vec<Rgba>> {
-    let m = hallucinator_count(artifact);
-    if m == 0 {
-        return to_rgba(image, &artifact.normalization);
-    }
-    let batch = Tensor::cat(vec![image; m], 0);
-    let h: Vec<usize> = (0..m).collect();
-    let images = artifact.factorization.images(batch, &h)?;
+    let images = artifact.factorization.every_view(image)?;
     to_rgba(images, &artifact.normalization)
 }
 
