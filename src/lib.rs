@@ -4,8 +4,12 @@
 //! -> [`nets`] -> objective -> optimiser step -> artifact. This crate is the library;
 //! the CLI (`src/main.rs`, `src/cli/`) is a thin front over it.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod alloc;
 pub mod artifact;
 pub mod augment;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod distill;

@@ -2,6 +2,10 @@
 
 mod cli;
 
+/// Reuses large tensor buffers instead of returning them to the system (see `haba::alloc`).
+#[global_allocator]
+static ALLOCATOR: haba::alloc::CachingAllocator = haba::alloc::CachingAllocator;
+
 fn main() -> std::process::ExitCode {
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,

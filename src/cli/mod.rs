@@ -1,5 +1,6 @@
 //! One file per subcommand; this file holds the flags every command shares.
 
+mod bench;
 mod datasets;
 mod demo;
 mod distill;
@@ -61,6 +62,8 @@ impl Common {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Time each work unit (DM, HaBa-DM, training, DSA, ...) beside PyTorch at the same settings.
+    Bench(bench::Args),
     /// List the known datasets and where each was found; optionally download some.
     Datasets(datasets::Args),
     /// Distill a dataset into bases and hallucinators (HaBa) or plain images.
@@ -78,6 +81,7 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => demo::run(&cli.common),
+        Some(Command::Bench(args)) => bench::run(&cli.common, args),
         Some(Command::Datasets(args)) => datasets::run(&cli.common, args),
         Some(Command::Distill(args)) => distill::run(&cli.common, *args),
         Some(Command::Eval(args)) => eval::run(&cli.common, args),

@@ -273,6 +273,20 @@ impl NormLayer {
                 channels,
                 w: wo,
                 b: bo,
+            } if groups == channels => {
+                // Instance norm, the ConvNet default: scale by w / std in one product, so
+                // forward and backward touch the large activation fewer times.
+                let x = x.reshape([n, c, h * w]);
+                let centred = x.clone() - x.mean_dim(2);
+                let var = centred.clone().square().mean_dim(2);
+                let scale = take(p, wo, [1, channels, 1]) / var.add_scalar(EPS).sqrt();
+                (centred * scale + take(p, bo, [1, channels, 1])).reshape([n, c, h, w])
+            }
+            NormLayer::Group {
+                groups,
+                channels,
+                w: wo,
+                b: bo,
             } => {
                 let xg = x.reshape([n, groups, (c / groups) * h * w]);
                 let normed = standardise(xg, 2).reshape([n, c, h, w]);
@@ -406,7 +420,28 @@ pub fn max_pool2(x: Tensor<4>) -> Tensor<4> {
 
 /// k x k average pooling, stride k, floor mode.
 pub fn avg_pool(x: Tensor<4>, k: usize) -> Tensor<4> {
+    if k == 2 {
+        return avg_pool2(x);
+    }
     avg_pool2d(x, AvgPoolOptions::new([k, k]))
+}
+
+/// 2x2 average pooling as a reshape and two sums. Same numbers as `avg_pool2d`, but its
+/// backward is a broadcast, where Burn's CPU `avg_pool2d` backward walks the gradient one
+/// element at a time (it was a seventh of a ConvNet training step).
+fn avg_pool2(x: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let (h2, w2) = (h / 2, w / 2);
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.slice([0..n, 0..c, 0..2 * h2, 0..2 * w2])
+    } else {
+        x
+    };
+    x.reshape([n, c, h2, 2, w2, 2])
+        .sum_dim(5)
+        .sum_dim(3)
+        .reshape([n, c, h2, w2])
+        .mul_scalar(0.25)
 }
 
 /// [N, C, H, W] -> [N, C*H*W], as PyTorch's `view(N, -1)`.

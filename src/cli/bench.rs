@@ -1,0 +1,338 @@
+//! `haba bench`: the time and peak memory of each work unit, beside the same unit written in
+//! PyTorch (`benches/torch_reference.py`) when a Python with torch is found.
+//!
+//! Each unit runs in a fresh process, ours and PyTorch's alike, so the resident peak a
+//! process reports is that unit's alone.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use haba::bench::{BenchSettings, Measurement, Unit, median};
+use haba::device::BackendKind;
+use serde::{Deserialize, Serialize};
+
+use super::Common;
+
+/// The PyTorch side, relative to the repository root (where `cargo run` starts).
+const TORCH_SCRIPT: &str = "benches/torch_reference.py";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Whose shapes to run at: fashion-mnist (1x28x28) or cifar10 (3x32x32). Random pixels
+    /// are used, so no download is needed.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// Sizes for a small machine: ConvNet-32, batch 64, 64 real images per class.
+    #[arg(long)]
+    pub quick: bool,
+    /// Units to run, comma-separated (default all): dsa, embed, test-pass, train-step,
+    /// eval-epoch, dm, haba-dm.
+    #[arg(long, value_delimiter = ',')]
+    pub units: Vec<String>,
+    /// Timed iterations per augmenting unit (default 6: each DSA family once); a third as
+    /// many for embed and test-pass.
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Untimed iterations before them (default 1).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// The network of every unit (default ConvNet, or ConvNetW32 with --quick).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// PyTorch side: auto (run it when $HABA_TORCH_PYTHON or python3 imports torch), off,
+    /// or the path of a Python interpreter.
+    #[arg(long, default_value = "auto")]
+    pub torch: String,
+    /// Where the results go as JSON.
+    #[arg(long, default_value = "bench.json")]
+    pub json: PathBuf,
+    /// Internal: measure this one unit and print it as JSON (what each child process does).
+    #[arg(long, hide = true)]
+    pub one: Option<String>,
+}
+
+/// What the PyTorch script prints for one unit.
+#[derive(Debug, Serialize, Deserialize)]
+struct TorchMeasurement {
+    seconds: Vec<f64>,
+    peak_rss_bytes: Option<u64>,
+    peak_device_bytes: Option<u64>,
+    torch: String,
+    threads: usize,
+    device: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    unit: String,
+    haba_seconds: f64,
+    torch_seconds: Option<f64>,
+    /// PyTorch's time over ours: above 1 means haba is faster.
+    speedup: Option<f64>,
+    haba: Measurement,
+    torch: Option<TorchMeasurement>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    settings: BenchSettings,
+    device: String,
+    threads: usize,
+    torch_python: Option<String>,
+    rows: Vec<Row>,
+}
+
+fn settings(args: &Args) -> anyhow::Result<BenchSettings> {
+    let mut s = BenchSettings::for_dataset(&args.dataset)?;
+    if args.quick {
+        s = s.quick();
+    }
+    if let Some(model) = &args.model {
+        s.model = model.parse().with_context(|| format!("--model {model}"))?;
+    }
+    s.iters = args.iters.unwrap_or(s.iters);
+    s.warmup = args.warmup.unwrap_or(s.warmup);
+    if s.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    Ok(s)
+}
+
+/// Threads both sides use: Rayon's count, which honours RAYON_NUM_THREADS.
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
+    let s = settings(&args)?;
+    if let Some(unit) = &args.one {
+        let unit: Unit = unit.parse()?;
+        let device = common.device()?;
+        let m = haba::bench::measure(unit, &s, &device.device, common.seed())
+            .with_context(|| format!("benchmark unit {unit}"))?;
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
+    let units: Vec<Unit> = if args.units.is_empty() {
+        Unit::ALL.to_vec()
+    } else {
+        args.units
+            .iter()
+            .map(|u| u.parse())
+            .collect::<Result<_, _>>()?
+    };
+    let selected = common.device()?;
+    let torch_device = match selected.backend {
+        BackendKind::Flex => "cpu",
+        _ => "cuda",
+    };
+    let python = find_torch(&args.torch)?;
+    let threads = threads();
+    match &python {
+        Some(p) => eprintln!("PyTorch side: {p} {TORCH_SCRIPT}, {threads} threads, {torch_device}"),
+        None => eprintln!("PyTorch side: off (no Python with torch found; see --torch)"),
+    }
+    eprintln!(
+        "{}, {}, ipc {}, batch {}, real batch {}, {} timed iterations after {} warm-up",
+        s.dataset, s.model, s.ipc, s.batch, s.batch_real, s.iters, s.warmup
+    );
+
+    let bar = super::progress_bar(units.len() as u64, "bench");
+    let mut rows = Vec::new();
+    for unit in units {
+        bar.set_message(format!("{unit}: haba"));
+        let haba = run_child(common, &args, &s, unit)?;
+        let torch = match &python {
+            Some(p) => {
+                bar.set_message(format!("{unit}: torch"));
+                match run_torch(p, &s, unit, threads, torch_device, common.seed()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        bar.suspend(|| eprintln!("PyTorch side of {unit} failed: {e:#}"));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let haba_seconds = haba.median();
+        let torch_seconds = torch.as_ref().map(|t| median(&t.seconds));
+        rows.push(Row {
+            unit: unit.to_string(),
+            haba_seconds,
+            torch_seconds,
+            speedup: torch_seconds.map(|t| t / haba_seconds),
+            haba,
+            torch,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    print_table(&rows, &s);
+    let report = Report {
+        settings: s,
+        device: selected.name.clone(),
+        threads,
+        torch_python: python,
+        rows,
+    };
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    eprintln!("wrote {}", args.json.display());
+    Ok(())
+}
+
+/// Measures one unit in a child process of this same binary.
+fn run_child(
+    common: &Common,
+    args: &Args,
+    s: &BenchSettings,
+    unit: Unit,
+) -> anyhow::Result<Measurement> {
+    let exe = std::env::current_exe().context("finding the haba binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("bench")
+        .args(["--one", unit.name(), "--dataset", &args.dataset])
+        .args(["--iters", &s.iters.to_string()])
+        .args(["--warmup", &s.warmup.to_string()])
+        .args(["--model", &s.model.to_string()])
+        .args(["--device", &common.device.to_string()])
+        .args(["--seed", &common.seed().to_string()]);
+    if args.quick {
+        cmd.arg("--quick");
+    }
+    if let Some(dir) = &common.data_dir {
+        cmd.arg("--data-dir").arg(dir);
+    }
+    let out = cmd.output().context("starting the benchmark process")?;
+    if !out.status.success() {
+        bail!(
+            "haba's {unit} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("reading {unit}'s result: {text}"))
+}
+
+/// The interpreter to run the PyTorch side with, if any imports torch.
+fn find_torch(choice: &str) -> anyhow::Result<Option<String>> {
+    let has_torch = |python: &str| {
+        Command::new(python)
+            .args(["-c", "import torch"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    match choice {
+        "off" => Ok(None),
+        "auto" => {
+            let candidates = std::env::var("HABA_TORCH_PYTHON")
+                .ok()
+                .into_iter()
+                .chain(["python3".to_string()]);
+            Ok(candidates.into_iter().find(|p| has_torch(p)))
+        }
+        path if has_torch(path) => Ok(Some(path.to_string())),
+        path => bail!("--torch {path}: that Python cannot import torch"),
+    }
+}
+
+fn run_torch(
+    python: &str,
+    s: &BenchSettings,
+    unit: Unit,
+    threads: usize,
+    device: &str,
+    seed: u64,
+) -> anyhow::Result<TorchMeasurement> {
+    if !std::path::Path::new(TORCH_SCRIPT).exists() {
+        bail!("{TORCH_SCRIPT} not found: run haba bench from the repository root");
+    }
+    let haba::nets::Arch::ConvNet(net) = s.model else {
+        bail!(
+            "the PyTorch side has the ConvNet family only, not {}",
+            s.model
+        );
+    };
+    let num = |v: usize| v.to_string();
+    let out = Command::new(python)
+        .arg(TORCH_SCRIPT)
+        .args(["--unit", unit.name()])
+        .args(["--channels", &num(s.shape.channels)])
+        .args(["--height", &num(s.shape.height)])
+        .args(["--width", &num(s.shape.width)])
+        .args(["--classes", &num(s.classes)])
+        .args(["--ipc", &num(s.ipc)])
+        .args(["--batch-real", &num(s.batch_real)])
+        .args(["--batch", &num(s.batch)])
+        .args(["--test-size", &num(s.test_size)])
+        .args(["--hallucinators", &num(s.hallucinators)])
+        .args(["--width-net", &num(net.width)])
+        .args(["--depth", &num(net.depth)])
+        .args(["--iters", &num(s.iterations(unit))])
+        .args(["--warmup", &num(s.warmup)])
+        .args(["--threads", &num(threads)])
+        .args(["--device", device])
+        .args(["--seed", &seed.to_string()])
+        .output()
+        .with_context(|| format!("starting {python}"))?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("reading its result: {text}"))
+}
+
+fn megabytes(b: Option<u64>) -> String {
+    b.map_or("-".into(), |b| format!("{:.0}", b as f64 / 1e6))
+}
+
+fn print_table(rows: &[Row], s: &BenchSettings) {
+    println!(
+        "{:<12} {:>10} {:>10} {:>9} {:>10} {:>10}",
+        "unit", "haba s", "torch s", "speed-up", "haba MB", "torch MB"
+    );
+    let line = |name: &str, h: f64, t: Option<f64>, hm: String, tm: String| {
+        let t_s = t.map_or("-".into(), |t| format!("{t:.4}"));
+        let ratio = t.map_or("-".into(), |t| format!("{:.2}x", t / h));
+        println!("{name:<12} {h:>10.4} {t_s:>10} {ratio:>9} {hm:>10} {tm:>10}");
+    };
+    for r in rows {
+        let peak = |rss: Option<u64>, dev: Option<u64>| megabytes(dev.or(rss));
+        line(
+            &r.unit,
+            r.haba_seconds,
+            r.torch_seconds,
+            peak(r.haba.peak_rss_bytes, r.haba.peak_device_bytes),
+            r.torch
+                .as_ref()
+                .map_or("-".into(), |t| peak(t.peak_rss_bytes, t.peak_device_bytes)),
+        );
+    }
+    if let Some(r) = rows.iter().find(|r| r.unit == Unit::TrainStep.name()) {
+        let steps = s.expert_epoch_steps() as f64;
+        line(
+            "expert-epoch",
+            r.haba_seconds * steps,
+            r.torch_seconds.map(|t| t * steps),
+            "-".into(),
+            "-".into(),
+        );
+        println!(
+            "(expert-epoch = {} train-steps of {} images: {} training images)",
+            s.expert_epoch_steps(),
+            s.batch,
+            s.train_size
+        );
+    }
+    println!(
+        "speed-up = PyTorch's median time / haba's; above 1, haba is faster. MB: peak memory."
+    );
+}
