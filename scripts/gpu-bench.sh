@@ -13,6 +13,7 @@
 #   VULKAN_DEBS=<directory>  .deb files of the Vulkan loader (libvulkan1), unpacked into /
 #                            when the machine has no loader (a bare container)
 #   HABA_TORCH_PYTHON=<python with torch>   default python3
+#   UNITS=<a,b,...>          only these units (default all)
 #   UNIT_TIMEOUT=<seconds>   per dataset, default 200
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ DEVICE=${DEVICE:-gpu}
 UNIT_TIMEOUT=${UNIT_TIMEOUT:-200}
 QUICK=()
 [ "${1:-}" = --quick ] && QUICK=(--quick)
+[ -n "${UNITS:-}" ] && QUICK+=(--units "$UNITS")
 mkdir -p "$OUT"
 
 if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
@@ -41,7 +43,7 @@ if [ -z "${VK_DRIVER_FILES:-}" ]; then
   done
 fi
 # On a software adapter every kernel is compiled by LLVM: skip autotuning's trial runs.
-[ ${#QUICK[@]} -gt 0 ] && export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
+[ "${1:-}" = --quick ] && export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 for ds in fashion-mnist cifar10; do

@@ -17,9 +17,10 @@
 //! the impls here are for the unfused `CubeBackend` (our Burn features), so turning fusion
 //! on is a compile error here until a `Fusion` impl is written.
 //!
-//! See [`affine`] for the one op so far.
+//! [`affine`] has WGSL kernels; [`instance_norm`] is fused on the CPU backend only.
 
 pub mod affine;
+pub mod instance_norm;
 
 use burn::backend::{CubeDevice, DispatchDevice};
 use burn::tensor::Device;
@@ -46,6 +47,18 @@ pub fn wgsl_kernels_available(device: &Device) -> bool {
             DispatchDevice::Cube(cube @ CubeDevice::Wgpu(_)) => {
                 cube.client().name() == WGSL_RUNTIME
             }
+            _ => false,
+        }
+    }
+    check(device.as_dispatch())
+}
+
+/// Whether `device` is the `flex` CPU backend (with or without autodiff).
+pub(crate) fn on_flex(device: &Device) -> bool {
+    fn check(device: &DispatchDevice) -> bool {
+        match device {
+            DispatchDevice::Autodiff(inner) => check(inner),
+            DispatchDevice::Flex(_) => true,
             _ => false,
         }
     }

@@ -7,6 +7,7 @@ use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 
 use super::arch::Act;
+use crate::kernels::instance_norm::instance_norm;
 
 /// PyTorch's default for every norm layer here.
 pub const EPS: f64 = 1e-5;
@@ -274,13 +275,7 @@ impl NormLayer {
                 w: wo,
                 b: bo,
             } if groups == channels => {
-                // Instance norm, the ConvNet default: scale by w / std in one product, so
-                // forward and backward touch the large activation fewer times.
-                let x = x.reshape([n, c, h * w]);
-                let centred = x.clone() - x.mean_dim(2);
-                let var = centred.clone().square().mean_dim(2);
-                let scale = take(p, wo, [1, channels, 1]) / var.add_scalar(EPS).sqrt();
-                (centred * scale + take(p, bo, [1, channels, 1])).reshape([n, c, h, w])
+                instance_norm(x, take(p, wo, [channels]), take(p, bo, [channels]))
             }
             NormLayer::Group {
                 groups,
