@@ -26,7 +26,8 @@ QUICK=()
 [ -n "${UNITS:-}" ] && QUICK+=(--units "$UNITS")
 mkdir -p "$OUT"
 
-if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
+# (grep without -q: an early exit would fail the pipeline under pipefail)
+if ! ldconfig -p | grep 'libvulkan.so.1' >/dev/null; then
   if [ -n "${VULKAN_DEBS:-}" ]; then
     for f in "$VULKAN_DEBS"/*.deb; do dpkg -x "$f" /; done
     ldconfig

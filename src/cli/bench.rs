@@ -175,6 +175,12 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
     bar.finish_and_clear();
 
     print_table(&rows, &s);
+    if let Some(t) = rows.iter().find_map(|r| r.torch.as_ref()) {
+        println!(
+            "PyTorch {} on {}, {} threads; haba on {}, {threads} threads.",
+            t.torch, t.device, t.threads, selected.name
+        );
+    }
     let report = Report {
         settings: s,
         device: selected.name.clone(),
