@@ -41,7 +41,12 @@ static CACHE: Mutex<Cache> = Mutex::new(Cache {
 /// The system allocator with a cache of large freed blocks (see the module docs).
 pub struct CachingAllocator;
 
-fn rounded(layout: Layout) -> Option<Layout> {
+/// The cached layout of a large request (its size rounded up to [`GRAIN`]), or `None`
+/// for a request the system serves directly.
+fn large(layout: Layout) -> Option<Layout> {
+    if layout.size() < LARGE {
+        return None;
+    }
     let size = layout.size().checked_next_multiple_of(GRAIN)?;
     Layout::from_size_align(size, layout.align()).ok()
 }
@@ -76,12 +81,21 @@ impl CachingAllocator {
         Some(block.addr as *mut u8)
     }
 
-    /// A large block: from the cache, else fresh from the system.
-    unsafe fn alloc_large(layout: Layout) -> *mut u8 {
+    /// A large block: from the cache (its first `zero` bytes cleared), else fresh from
+    /// the system, whose new pages are zero already.
+    unsafe fn alloc_large(layout: Layout, zero: Option<usize>) -> *mut u8 {
         if let Some(ptr) = Self::take(layout) {
+            if let Some(len) = zero {
+                unsafe { ptr.write_bytes(0, len) };
+            }
             return ptr;
         }
-        let ptr = unsafe { System.alloc(layout) };
+        let ptr = unsafe {
+            match zero {
+                Some(_) => System.alloc_zeroed(layout),
+                None => System.alloc(layout),
+            }
+        };
         if !ptr.is_null() {
             unsafe { advise_huge_pages(ptr, layout.size()) };
         }
@@ -91,34 +105,22 @@ impl CachingAllocator {
 
 unsafe impl GlobalAlloc for CachingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match rounded(layout) {
-            Some(large) if layout.size() >= LARGE => unsafe { Self::alloc_large(large) },
-            _ => unsafe { System.alloc(layout) },
+        match large(layout) {
+            Some(large) => unsafe { Self::alloc_large(large, None) },
+            None => unsafe { System.alloc(layout) },
         }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        match rounded(layout) {
-            Some(large) if layout.size() >= LARGE => {
-                if let Some(ptr) = Self::take(large) {
-                    unsafe { ptr.write_bytes(0, layout.size()) };
-                    return ptr;
-                }
-                // Fresh pages are zero already: let the system skip the memset.
-                let ptr = unsafe { System.alloc_zeroed(large) };
-                if !ptr.is_null() {
-                    unsafe { advise_huge_pages(ptr, large.size()) };
-                }
-                ptr
-            }
-            _ => unsafe { System.alloc_zeroed(layout) },
+        match large(layout) {
+            Some(large) => unsafe { Self::alloc_large(large, Some(layout.size())) },
+            None => unsafe { System.alloc_zeroed(layout) },
         }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let large = match rounded(layout) {
-            Some(large) if layout.size() >= LARGE => large,
-            _ => return unsafe { System.dealloc(ptr, layout) },
+        let Some(large) = large(layout) else {
+            return unsafe { System.dealloc(ptr, layout) };
         };
         let mut evicted = Vec::new();
         if let Ok(mut cache) = CACHE.lock() {

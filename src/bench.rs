@@ -195,7 +195,8 @@ impl BenchSettings {
         self.train_size.div_ceil(self.batch.max(1))
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Refuses a zero count, naming the setting.
+    pub fn validate(&self) -> Result<()> {
         let positive = [
             ("classes", self.classes),
             ("ipc", self.ipc),
@@ -300,10 +301,15 @@ fn random_images(rng: &mut Rng, n: usize, shape: ImageShape, device: &Device) ->
     Tensor::from_data(TensorData::new(v, dims), device)
 }
 
+/// Labels 0, 1, ..., classes - 1, 0, 1, ...: every class equally often.
+fn cyclic_labels(n: usize, classes: usize) -> Vec<u16> {
+    (0..n).map(|i| (i % classes) as u16).collect()
+}
+
 fn random_set(rng: &mut Rng, n: usize, s: &BenchSettings, device: &Device) -> LabelledImages {
     LabelledImages {
         images: random_images(rng, n, s.shape, device),
-        labels: (0..n).map(|i| (i % s.classes) as u16).collect(),
+        labels: cyclic_labels(n, s.classes),
     }
 }
 
@@ -313,7 +319,7 @@ fn random_prepared(rng: &mut Rng, s: &BenchSettings, device: &Device) -> Result<
         images: (0..n * s.shape.numel())
             .map(|_| rng.below(256) as u8)
             .collect(),
-        labels: (0..n).map(|i| (i % s.classes) as u16).collect(),
+        labels: cyclic_labels(n, s.classes),
     };
     let dataset = Dataset {
         name: s.dataset.clone(),

@@ -93,19 +93,8 @@ fn settings(args: &Args) -> anyhow::Result<BenchSettings> {
     }
     s.iters = args.iters.unwrap_or(s.iters);
     s.warmup = args.warmup.unwrap_or(s.warmup);
-    if s.iters == 0 {
-        bail!("--iters must be at least 1");
-    }
+    s.validate().context("check --iters")?;
     Ok(s)
-}
-
-/// Threads both sides use: Rayon's count, which honours RAYON_NUM_THREADS.
-fn threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
@@ -132,7 +121,8 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         _ => "cuda",
     };
     let python = find_torch(&args.torch)?;
-    let threads = threads();
+    // Threads both sides use: Rayon's pool, which honours RAYON_NUM_THREADS.
+    let threads = rayon::current_num_threads();
     match &python {
         Some(p) => eprintln!("PyTorch side: {p} {TORCH_SCRIPT}, {threads} threads, {torch_device}"),
         None => eprintln!("PyTorch side: off (no Python with torch found; see --torch)"),
@@ -305,17 +295,19 @@ fn print_table(rows: &[Row], s: &BenchSettings) {
         "{:<12} {:>10} {:>10} {:>9} {:>10} {:>10}",
         "unit", "haba s", "torch s", "speed-up", "haba MB", "torch MB"
     );
-    let line = |name: &str, h: f64, t: Option<f64>, hm: String, tm: String| {
-        let t_s = t.map_or("-".into(), |t| format!("{t:.4}"));
-        let ratio = t.map_or("-".into(), |t| format!("{:.2}x", t / h));
-        println!("{name:<12} {h:>10.4} {t_s:>10} {ratio:>9} {hm:>10} {tm:>10}");
-    };
+    let line =
+        |name: &str, h: f64, t: Option<f64>, speedup: Option<f64>, hm: String, tm: String| {
+            let t_s = t.map_or("-".into(), |t| format!("{t:.4}"));
+            let ratio = speedup.map_or("-".into(), |r| format!("{r:.2}x"));
+            println!("{name:<12} {h:>10.4} {t_s:>10} {ratio:>9} {hm:>10} {tm:>10}");
+        };
     for r in rows {
         let peak = |rss: Option<u64>, dev: Option<u64>| megabytes(dev.or(rss));
         line(
             &r.unit,
             r.haba_seconds,
             r.torch_seconds,
+            r.speedup,
             peak(r.haba.peak_rss_bytes, r.haba.peak_device_bytes),
             r.torch
                 .as_ref()
@@ -328,6 +320,7 @@ fn print_table(rows: &[Row], s: &BenchSettings) {
             "expert-epoch",
             r.haba_seconds * steps,
             r.torch_seconds.map(|t| t * steps),
+            r.speedup,
             "-".into(),
             "-".into(),
         );

@@ -17,11 +17,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
-
-use super::on_flex;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
+use super::on_flex;
 use crate::nets::EPS;
 
 /// `(x - mean) / sqrt(var + eps) * weight[c] + bias[c]` per (sample, channel) plane of
@@ -89,6 +88,24 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
+/// The elements of a tensor from [`writable`], to overwrite.
+fn elements_mut(t: &mut FlexTensor) -> &mut [f32] {
+    let len = t.layout().num_elements();
+    &mut t.storage_mut::<f32>()[..len]
+}
+
+/// `t` itself when nothing else holds its buffer and it is exactly its elements (so it
+/// can be overwritten in place), else a contiguous copy.
+fn writable(t: FlexTensor) -> FlexTensor {
+    let t = t.to_contiguous();
+    let whole = t.layout().contiguous_offsets() == Some((0, t.layout().num_elements()));
+    if whole && t.is_unique() {
+        t
+    } else {
+        FlexTensor::from_data(TensorData::new(values(&t).to_vec(), dims4(&t)))
+    }
+}
+
 fn flex_vector(values: Vec<f32>) -> FlexTensor {
     let len = values.len();
     FlexTensor::from_data(TensorData::new(values, [len]))
@@ -112,33 +129,22 @@ pub trait InstanceNormKernels: Backend {
 
 impl InstanceNormKernels for Flex {
     fn instance_norm_forward(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        let (mut x, weight, bias) = (
-            x.to_contiguous(),
-            weight.to_contiguous(),
-            bias.to_contiguous(),
-        );
-        let [_, c, h, w] = dims4(&x);
-        let (ws, bs) = (values(&weight), values(&bias));
-        let normalise = |i: usize, plane: &mut [f32]| {
-            let (mean, rstd) = moments(plane);
-            let (a, b) = (rstd * ws[i % c], bs[i % c]);
-            for v in plane.iter_mut() {
-                *v = (*v - mean) * a + b;
-            }
-        };
         // In place when nothing else holds the input (an untracked forward pass).
-        let whole = x.layout().contiguous_offsets() == Some((0, x.layout().num_elements()));
-        if whole && let Some(data) = x.try_storage_mut::<f32>() {
-            data.par_chunks_mut(h * w)
-                .enumerate()
-                .for_each(|(i, plane)| normalise(i, plane));
-            return x;
-        }
-        let mut data = values(&x).to_vec();
-        data.par_chunks_mut(h * w)
+        let mut y = writable(x);
+        let (weight, bias) = (weight.to_contiguous(), bias.to_contiguous());
+        let [_, c, h, w] = dims4(&y);
+        let (ws, bs) = (values(&weight), values(&bias));
+        elements_mut(&mut y)
+            .par_chunks_mut(h * w)
             .enumerate()
-            .for_each(|(i, plane)| normalise(i, plane));
-        FlexTensor::from_data(TensorData::new(data, dims4(&x)))
+            .for_each(|(i, plane)| {
+                let (mean, rstd) = moments(plane);
+                let (a, b) = (rstd * ws[i % c], bs[i % c]);
+                for v in plane.iter_mut() {
+                    *v = (*v - mean) * a + b;
+                }
+            });
+        y
     }
 
     fn instance_norm_backward(
@@ -150,11 +156,12 @@ impl InstanceNormKernels for Flex {
         let [_, c, h, w] = dims4(&x);
         let len = (h * w) as f32;
         let (xs, ws) = (values(&x), values(&weight));
-        // dx overwrites dy, plane by plane: each value is read before it is replaced.
-        let mut dx = values(&dy.to_contiguous()).to_vec();
+        // dx overwrites dy (in place when nothing else holds it), plane by plane: each
+        // value is read before it is replaced.
+        let mut dx = writable(dy);
         // Per plane: Σ dy * x̂ and Σ dy, the weight's and bias's gradient before the sum
         // over samples. With g = dy * w: dx = rstd * (g - mean(g) - x̂ * mean(g * x̂)).
-        let partial: Vec<(f32, f32)> = dx
+        let partial: Vec<(f32, f32)> = elements_mut(&mut dx)
             .par_chunks_mut(h * w)
             .zip(xs.par_chunks(h * w))
             .enumerate()
@@ -176,7 +183,6 @@ impl InstanceNormKernels for Flex {
             dw[i % c] += gw;
             db[i % c] += gb;
         }
-        let dx = FlexTensor::from_data(TensorData::new(dx, dims4(&x)));
         (dx, flex_vector(dw), flex_vector(db))
     }
 }
@@ -307,12 +313,11 @@ mod tests {
                 instance_norm_reference(x.clone(), w.clone(), b.clone())
             };
             let grads = (y.clone() * upstream.clone()).sum().backward();
-            let grad = |t: Tensor<1>| host(t);
             (
                 host(y.inner()),
                 host(x.grad(&grads).unwrap()),
-                grad(w.grad(&grads).unwrap()),
-                grad(b.grad(&grads).unwrap()),
+                host(w.grad(&grads).unwrap()),
+                host(b.grad(&grads).unwrap()),
             )
         };
         let (fused, reference) = (run(true), run(false));

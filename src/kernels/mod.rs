@@ -40,27 +40,25 @@ pub(crate) const WGSL_RUNTIME: &str = "wgpu<wgsl>";
 /// a wgpu device we also ask its client which compiler it uses (see [`WGSL_RUNTIME`]).
 /// Flex, CUDA, the cubecl CPU runtime and anything else answer `false`.
 pub fn wgsl_kernels_available(device: &Device) -> bool {
-    fn check(device: &DispatchDevice) -> bool {
-        match device {
-            // `AutodiffDevice` derefs to the device it wraps.
-            DispatchDevice::Autodiff(inner) => check(inner),
-            DispatchDevice::Cube(cube @ CubeDevice::Wgpu(_)) => {
-                cube.client().name() == WGSL_RUNTIME
-            }
-            _ => false,
-        }
+    match execution_device(device.as_dispatch()) {
+        DispatchDevice::Cube(cube @ CubeDevice::Wgpu(_)) => cube.client().name() == WGSL_RUNTIME,
+        _ => false,
     }
-    check(device.as_dispatch())
 }
 
 /// Whether `device` is the `flex` CPU backend (with or without autodiff).
 pub(crate) fn on_flex(device: &Device) -> bool {
-    fn check(device: &DispatchDevice) -> bool {
-        match device {
-            DispatchDevice::Autodiff(inner) => check(inner),
-            DispatchDevice::Flex(_) => true,
-            _ => false,
-        }
+    matches!(
+        execution_device(device.as_dispatch()),
+        DispatchDevice::Flex(_)
+    )
+}
+
+/// The device that runs the ops: `device` without its autodiff wrappers.
+fn execution_device(device: &DispatchDevice) -> &DispatchDevice {
+    match device {
+        // `AutodiffDevice` derefs to the device it wraps.
+        DispatchDevice::Autodiff(inner) => execution_device(inner),
+        other => other,
     }
-    check(device.as_dispatch())
 }
