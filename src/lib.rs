@@ -18,6 +18,7 @@ pub mod eval;
 pub mod haba;
 pub mod kernels;
 pub mod nets;
+pub mod optim;
 pub mod report;
 pub mod rng;
 pub mod train;

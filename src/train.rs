@@ -8,6 +8,7 @@ use crate::augment::Dsa;
 use crate::data::LabelledImages;
 use crate::error::{Error, Result};
 use crate::nets::{BnMode, NetState, Network};
+use crate::optim::Sgd;
 use crate::rng::Rng;
 
 pub(crate) fn index_tensor(indices: &[usize], device: &Device) -> Tensor<1, Int> {
@@ -22,49 +23,6 @@ pub fn cross_entropy(logits: Tensor<2>, labels: &[u16]) -> Tensor<1> {
     let idx: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
     let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
     log_softmax(logits, 1).gather(1, idx).mean().neg()
-}
-
-/// SGD with momentum and weight decay, with PyTorch's semantics (the first step seeds the
-/// momentum buffer with the gradient; decay is added to the gradient).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Sgd {
-    pub lr: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
-}
-
-/// The optimiser's state for one parameter tensor (its momentum buffer).
-#[derive(Clone, Debug)]
-pub struct SgdState<const D: usize = 1> {
-    pub velocity: Option<Tensor<D>>,
-}
-
-impl Sgd {
-    pub fn state<const D: usize>(&self) -> SgdState<D> {
-        SgdState { velocity: None }
-    }
-
-    /// One step: returns the updated parameters (detached from any graph).
-    pub fn step<const D: usize>(
-        &self,
-        params: Tensor<D>,
-        grad: Tensor<D>,
-        state: &mut SgdState<D>,
-    ) -> Tensor<D> {
-        let mut g = grad;
-        if self.weight_decay != 0.0 {
-            g = g + params.clone().mul_scalar(self.weight_decay);
-        }
-        if self.momentum != 0.0 {
-            let v = match state.velocity.take() {
-                Some(v) => v.mul_scalar(self.momentum) + g,
-                None => g,
-            };
-            state.velocity = Some(v.clone());
-            g = v;
-        }
-        params - g.mul_scalar(self.lr)
-    }
 }
 
 /// How to train one network (the reference evaluation protocol's defaults).
@@ -233,31 +191,6 @@ mod tests {
             .sum::<f64>()
             / 2.0;
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
-    }
-
-    #[test]
-    fn sgd_follows_pytorch_update_rule() {
-        let device = Device::flex();
-        let sgd = Sgd {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 0.01,
-        };
-        let mut st = sgd.state();
-        let t = |v: [f32; 2]| Tensor::<1>::from_floats(v, &device);
-        let p = sgd.step(t([1.0, -2.0]), t([0.5, 0.5]), &mut st);
-        let p = sgd.step(p, t([0.5, 0.5]), &mut st);
-        // By hand: g1 = .5 + .01 p0; v1 = g1; p1 = p0 - .1 v1; g2 = .5 + .01 p1;
-        // v2 = .9 v1 + g2; p2 = p1 - .1 v2.
-        let hand = |p0: f64| {
-            let g1 = 0.5 + 0.01 * p0;
-            let p1 = p0 - 0.1 * g1;
-            let v2 = 0.9 * g1 + 0.5 + 0.01 * p1;
-            p1 - 0.1 * v2
-        };
-        let got = p.into_data().try_to_vec::<f32>().unwrap();
-        assert!((got[0] as f64 - hand(1.0)).abs() < 1e-6);
-        assert!((got[1] as f64 - hand(-2.0)).abs() < 1e-6);
     }
 
     #[test]

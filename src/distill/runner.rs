@@ -13,8 +13,8 @@ use crate::eval::dsa_from_name;
 use crate::haba::contrastive::{Adversary, augment_pair};
 use crate::haba::{Factorization, HallucinatorShape, Hallucinators, Storage, init_bases};
 use crate::nets::Network;
+use crate::optim::{Sgd, SgdState};
 use crate::rng::Rng;
-use crate::train::{Sgd, SgdState};
 
 /// Losses of one iteration, for the progress bar and `metrics.jsonl`.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]

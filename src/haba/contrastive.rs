@@ -40,8 +40,9 @@ use serde::{Deserialize, Serialize};
 use crate::augment::Dsa;
 use crate::data::ImageShape;
 use crate::nets::{Arch, BnMode, NetError, Network};
+use crate::optim::{Sgd, SgdState};
 use crate::rng::Rng;
-use crate::train::{Sgd, SgdState, cross_entropy};
+use crate::train::cross_entropy;
 
 /// SupConLoss's `base_temperature`: fixed by the reference whatever the temperature, so the
 /// loss is scaled by `temperature / BASE_TEMPERATURE` (1 at the default temperature).

@@ -12,8 +12,8 @@ use crate::data::ImageShape;
 
 #[derive(Clone, Debug)]
 pub struct ConvNet {
-    cfg: ConvNetConfig,
-    blocks: Vec<(Conv, Option<NormLayer>)>,
+    pub(super) cfg: ConvNetConfig,
+    pub(super) blocks: Vec<(Conv, Option<NormLayer>)>,
     pub head: Linear,
 }
 

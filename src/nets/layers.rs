@@ -79,7 +79,7 @@ impl Layout {
 }
 
 /// A `D`-dimensional view of `n` numbers at `offset` of the flat vector.
-fn take<const D: usize>(p: &Tensor<1>, offset: usize, shape: [usize; D]) -> Tensor<D> {
+pub(super) fn take<const D: usize>(p: &Tensor<1>, offset: usize, shape: [usize; D]) -> Tensor<D> {
     let n = shape.iter().product();
     p.clone().narrow(0, offset, n).reshape(shape)
 }
@@ -88,12 +88,12 @@ fn take<const D: usize>(p: &Tensor<1>, offset: usize, shape: [usize; D]) -> Tens
 /// like `nn.Conv2d`.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvSpec {
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    bias: bool,
+    pub(super) cin: usize,
+    pub(super) cout: usize,
+    pub(super) k: usize,
+    pub(super) stride: usize,
+    pub(super) pad: usize,
+    pub(super) bias: bool,
 }
 
 impl ConvSpec {
@@ -127,9 +127,9 @@ impl ConvSpec {
 /// 2-D convolution, PyTorch weight layout [out, in, k, k].
 #[derive(Clone, Debug)]
 pub struct Conv {
-    spec: ConvSpec,
-    w: usize,
-    b: Option<usize>,
+    pub(super) spec: ConvSpec,
+    pub(super) w: usize,
+    pub(super) b: Option<usize>,
 }
 
 impl Conv {
@@ -169,10 +169,10 @@ impl Conv {
 /// Fully connected layer, PyTorch weight layout [out, in].
 #[derive(Clone, Debug)]
 pub struct Linear {
-    w: usize,
-    b: usize,
-    fin: usize,
-    fout: usize,
+    pub(super) w: usize,
+    pub(super) b: usize,
+    pub(super) fin: usize,
+    pub(super) fout: usize,
 }
 
 impl Linear {

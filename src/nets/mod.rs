@@ -14,6 +14,7 @@ mod lenet;
 mod mlp;
 mod resnet;
 mod stack;
+pub mod student;
 #[cfg(test)]
 mod tests;
 mod vgg;
