@@ -548,54 +548,6 @@ fn read_f32<const D: usize>(t: &Tensor<D>, what: &str) -> Result<Vec<f32>, Strin
         .map_err(|e| format!("reading the {what} from the device: {e}"))
 }
 
-/// Writes named flat f32 tensors (a checkpoint's optimiser state) as a safetensors file,
-/// atomically.
-pub fn write_f32_tensors(path: &Path, tensors: &[(String, Tensor<1>)]) -> Result<()> {
-    let fail = |reason: String| artifact_error(path, reason);
-    let raw = tensors
-        .iter()
-        .map(|(name, t)| {
-            let v = read_f32(t, name).map_err(fail)?;
-            Ok((
-                name.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let views = raw
-        .iter()
-        .map(|(name, bytes)| {
-            TensorView::new(Dtype::F32, vec![bytes.len() / 4], bytes)
-                .map(|v| (name.as_str(), v))
-                .map_err(|e| fail(format!("tensor `{name}`: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| fail(format!("encoding safetensors: {e}")))?;
-    write_atomic(path, &bytes)
-}
-
-/// Reads every tensor of a file written by [`write_f32_tensors`], flat, onto `device`.
-pub fn read_f32_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor<1>>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let fail = |reason: String| artifact_error(path, reason);
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| fail(format!("not a readable safetensors file: {e}")))?;
-    let mut out = HashMap::new();
-    for name in file.names() {
-        let v = f32_values(tensor(&file, name, Dtype::F32).map_err(fail)?.data());
-        let n = v.len();
-        out.insert(
-            name.to_string(),
-            Tensor::from_data(burn::tensor::TensorData::new(v, [n]), device),
-        );
-    }
-    Ok(out)
-}
-
 fn artifact_error(path: &Path, reason: String) -> Error {
     Error::Artifact {
         path: path.to_path_buf(),

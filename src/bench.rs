@@ -400,8 +400,11 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
                         haba: unit == Unit::HabaDm,
                         ipc: s.ipc,
                         hallucinators: s.hallucinators,
-                        batch_real: s.batch_real,
-                        embedder: s.model,
+                        dm: crate::distill::DmSettings {
+                            batch_real: s.batch_real,
+                            embedder: s.model,
+                            ..Default::default()
+                        },
                         dsa: family.name().into(),
                         seed,
                         ..DistillConfig::default()

@@ -17,7 +17,7 @@ fn setup() -> (Prepared, haba::data::Dataset) {
 
 /// DM loss of the current synthetic set, averaged over embedders the run never sees.
 fn held_out_loss(d: &Distiller, data: &Prepared) -> f32 {
-    let net = Network::new(&d.cfg.embedder, data.shape, 10).unwrap();
+    let net = Network::new(&d.cfg.dm.embedder, data.shape, 10).unwrap();
     let n = d.factorization.len();
     let per = n / 10;
     let (syn, _) = d.factorization.all_images().unwrap();
@@ -42,9 +42,12 @@ fn config(haba: bool) -> DistillConfig {
         ipc: 1,
         budget_equal: false,
         iterations: 30,
-        batch_real: 32,
-        embedder: "ConvNetW32".parse().unwrap(),
         seed: 3,
+        dm: haba::distill::DmSettings {
+            batch_real: 32,
+            embedder: "ConvNetW32".parse().unwrap(),
+            views: haba::distill::Views::All,
+        },
         ..DistillConfig::preset("quick").unwrap()
     }
 }
@@ -78,10 +81,8 @@ fn haba_dm_lowers_the_objective_and_repeats_with_its_seed() {
 #[test]
 fn one_view_per_step_also_lowers_the_objective() {
     let (prepared, _) = setup();
-    let cfg = DistillConfig {
-        views: haba::distill::Views::Sample,
-        ..config(true)
-    };
+    let mut cfg = config(true);
+    cfg.dm.views = haba::distill::Views::Sample;
     let mut d = Distiller::new(cfg, &prepared).unwrap();
     let before = held_out_loss(&d, &prepared);
     for _ in 0..30 {
@@ -142,10 +143,19 @@ fn resumed_run_takes_the_same_steps_as_an_uninterrupted_one() {
     };
     assert_eq!(values(&straight), values(&resumed));
 
-    // A broken checkpoint is an error naming the file, not a panic.
-    std::fs::write(run.checkpoint_state(), "{}").unwrap();
+    // A broken or foreign checkpoint is an error naming the file, not a panic.
+    let good = std::fs::read(run.checkpoint()).unwrap();
+    std::fs::write(run.checkpoint(), &good[..good.len() - 4]).unwrap();
     let err = resume(&run, &prepared).err().unwrap().to_string();
-    assert!(err.contains("checkpoint.json"), "{err}");
+    assert!(err.contains("checkpoint.safetensors"), "{err}");
+    let mut other = haba::distill::checkpoint::Checkpoint::new(2);
+    other.put(
+        "bases",
+        &straight.factorization.bases.clone().narrow(0, 0, 1),
+    );
+    std::fs::write(run.checkpoint(), other.to_bytes().unwrap()).unwrap();
+    let err = resume(&run, &prepared).err().unwrap().to_string();
+    assert!(err.contains("`bases` holds 784 numbers"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -153,7 +163,6 @@ fn resumed_run_takes_the_same_steps_as_an_uninterrupted_one() {
 fn all_views_train_every_hallucinator_in_each_step() {
     let (prepared, _) = setup();
     let cfg = DistillConfig {
-        views: haba::distill::Views::All,
         contrastive: false,
         ..config(true)
     };

@@ -59,7 +59,7 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
     let real = prepared.train_subset(&idx);
     eprintln!("random real images, {} per class:", cfg.ipc);
     let real_result =
-        super::eval::evaluate_with_bar(&real, &prepared, &eval_config(&cfg), cfg.seed)?;
+        super::eval::evaluate_with_bar(&real, &prepared, &eval_config(&cfg, None), cfg.seed)?;
     let real_storage = Storage::new(idx.len() * dataset.shape.numel(), 0, dataset.shape, classes);
     rows.push(("random real".to_string(), real_storage, real_result));
 

@@ -128,15 +128,15 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
     cfg.budget_equal |= args.budget_equal;
     cfg.single_channel |= args.single_channel;
     cfg.near_identity |= args.near_identity;
-    set(&mut cfg.views, args.views);
+    set(&mut cfg.dm.views, args.views);
     set(&mut cfg.hallucinators, args.hallucinators);
     set(&mut cfg.kernel, args.kernel);
     set(&mut cfg.preprocess, args.preprocess);
     set(&mut cfg.iterations, args.iterations);
     set(&mut cfg.lr_bases, args.lr_bases);
     set(&mut cfg.lr_hallucinators, args.lr_hallucinators);
-    set(&mut cfg.batch_real, args.batch_real);
-    set(&mut cfg.embedder, args.embedder);
+    set(&mut cfg.dm.batch_real, args.batch_real);
+    set(&mut cfg.dm.embedder, args.embedder);
     set(&mut cfg.dsa, args.dsa.clone());
     set(&mut cfg.eval_every, args.eval_every);
     set(&mut cfg.checkpoint_every, args.checkpoint_every);

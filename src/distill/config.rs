@@ -1,10 +1,10 @@
 //! Every setting of a distillation run, as one serde struct: the command line, a TOML
 //! file and the named presets all fill this in, and the run directory records it.
 
+use super::contrastive::ContrastiveWeights;
 use crate::data::NormKind;
 use crate::error::{Error, Result};
 use crate::haba::BaseInit;
-use crate::haba::contrastive::ContrastiveWeights;
 use crate::nets::Arch;
 
 /// The base distillation objective.
@@ -14,6 +14,8 @@ pub enum Method {
     /// Distribution matching (Zhao & Bilen).
     #[default]
     Dm,
+    /// Matching training trajectories (Cazenavette et al.), over an expert buffer.
+    Mtt,
 }
 
 impl std::str::FromStr for Method {
@@ -21,11 +23,12 @@ impl std::str::FromStr for Method {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "dm" => Ok(Method::Dm),
-            "mtt" | "dc" | "dsa" => Err(Error::Config(format!(
-                "method `{s}` is not implemented yet; available: dm"
+            "mtt" => Ok(Method::Mtt),
+            "dc" | "dsa" => Err(Error::Config(format!(
+                "method `{s}` is not implemented yet; available: dm, mtt"
             ))),
             _ => Err(Error::Config(format!(
-                "unknown method `{s}`; available: dm"
+                "unknown method `{s}`; available: dm, mtt"
             ))),
         }
     }
@@ -35,6 +38,7 @@ impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Method::Dm => "dm",
+            Method::Mtt => "mtt",
         })
     }
 }
@@ -61,6 +65,96 @@ impl std::str::FromStr for Views {
             _ => Err(Error::Config(format!(
                 "unknown views `{s}`; use `sample` or `all`"
             ))),
+        }
+    }
+}
+
+/// Distribution matching's own settings (`[dm]` in TOML).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DmSettings {
+    /// Real images per class per iteration.
+    pub batch_real: usize,
+    /// The randomly initialised network whose embeddings DM matches.
+    pub embedder: Arch,
+    /// Hallucinated views per basis in each iteration.
+    pub views: Views,
+}
+
+impl Default for DmSettings {
+    fn default() -> Self {
+        Self {
+            batch_real: 256,
+            embedder: Arch::default(),
+            views: Views::All,
+        }
+    }
+}
+
+/// How MTT computes the gradient through the unrolled student steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unroll {
+    /// One autodiff graph over every student step, as the reference: memory grows with
+    /// `syn_steps`.
+    #[default]
+    Graph,
+    /// Keep only each step's parameters and replay the steps backwards, one step's graph
+    /// at a time: the same gradient in memory that does not grow with `syn_steps`.
+    Recompute,
+}
+
+impl std::str::FromStr for Unroll {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "graph" => Ok(Unroll::Graph),
+            "recompute" => Ok(Unroll::Recompute),
+            _ => Err(Error::Config(format!(
+                "unknown unroll `{s}`; use `graph` or `recompute`"
+            ))),
+        }
+    }
+}
+
+/// Trajectory matching's own settings (`[mtt]` in TOML), named as the reference's flags.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MttSettings {
+    /// The directory of expert trajectories (`haba buffer --out`).
+    pub buffer: String,
+    /// The student network; empty: the buffer's model.
+    pub student: Option<Arch>,
+    /// Student SGD steps on synthetic batches per iteration.
+    pub syn_steps: usize,
+    /// Expert epochs the student should cover in `syn_steps` steps (M).
+    pub expert_epochs: usize,
+    /// Start epochs are drawn below this.
+    pub max_start_epoch: usize,
+    /// The student's initial learning rate α (learned from there).
+    pub lr_teacher: f32,
+    /// SGD on α.
+    pub lr_lr: f32,
+    pub momentum_lr: f32,
+    /// Synthetic images per student step; 0: every image (the reference's default).
+    pub batch_syn: usize,
+    pub unroll: Unroll,
+}
+
+impl Default for MttSettings {
+    /// The official CIFAR-10 IPC 10 script.
+    fn default() -> Self {
+        Self {
+            buffer: String::new(),
+            student: None,
+            syn_steps: 30,
+            expert_epochs: 2,
+            max_start_epoch: 20,
+            lr_teacher: 0.01,
+            lr_lr: 1e-5,
+            momentum_lr: 0.5,
+            batch_syn: 0,
+            unroll: Unroll::Graph,
         }
     }
 }
@@ -107,8 +201,6 @@ pub struct DistillConfig {
     /// Start hallucinators close to the identity instead of PyTorch's random filters
     /// (an experiment, not the reference's choice).
     pub near_identity: bool,
-    /// Hallucinated views per basis in each step of the objective.
-    pub views: Views,
     pub init: BaseInit,
     pub iterations: usize,
     /// SGD on the bases (or plain images).
@@ -119,10 +211,6 @@ pub struct DistillConfig {
     /// rate of 1 those weights grow without bound within a few dozen iterations.
     pub lr_hallucinators: f32,
     pub momentum_hallucinators: f32,
-    /// Real images per class per iteration (DM).
-    pub batch_real: usize,
-    /// The randomly initialised network whose embeddings DM matches.
-    pub embedder: Arch,
     /// DSA strategy, or `none`.
     pub dsa: String,
     /// HaBa's adversarial contrastive constraints (on by default with HaBa).
@@ -134,6 +222,8 @@ pub struct DistillConfig {
     pub checkpoint_every: usize,
     pub eval: EvalSettings,
     pub seed: u64,
+    pub dm: DmSettings,
+    pub mtt: MttSettings,
 }
 
 impl Default for DistillConfig {
@@ -149,15 +239,12 @@ impl Default for DistillConfig {
             kernel: 3,
             single_channel: false,
             near_identity: false,
-            views: Views::All,
             init: BaseInit::Real,
             iterations: 20_000,
             lr_bases: 1.0,
             momentum_bases: 0.5,
             lr_hallucinators: 1e-3,
             momentum_hallucinators: 0.5,
-            batch_real: 256,
-            embedder: Arch::default(),
             dsa: crate::eval::DEFAULT_DSA.into(),
             contrastive: true,
             contrastive_weights: ContrastiveWeights::default(),
@@ -165,6 +252,8 @@ impl Default for DistillConfig {
             checkpoint_every: 500,
             eval: EvalSettings::default(),
             seed: 0,
+            dm: DmSettings::default(),
+            mtt: MttSettings::default(),
         }
     }
 }
@@ -183,7 +272,68 @@ pub const PRESETS: &[(&str, &str)] = &[
         "dm-fashion-mnist",
         "DM's official settings on Fashion-MNIST, with HaBa",
     ),
+    (
+        "haba-mtt-cifar10-ipc1",
+        "HaBa's official MTT script, CIFAR-10 at 1 image per class (needs --buffer)",
+    ),
+    (
+        "haba-mtt-cifar10-ipc1-sc",
+        "the same with single-channel bases",
+    ),
+    (
+        "haba-mtt-cifar10-ipc10",
+        "HaBa's official MTT script, CIFAR-10 at 10 images per class (needs --buffer)",
+    ),
+    (
+        "haba-mtt-cifar10-ipc50",
+        "HaBa's official MTT script, CIFAR-10 at 50 images per class (needs --buffer)",
+    ),
+    (
+        "mtt-cifar10-ipc1",
+        "MTT's official CIFAR-10 script at 1 image per class, no HaBa (needs --buffer)",
+    ),
+    (
+        "mtt-cifar10-ipc10",
+        "MTT's official CIFAR-10 script at 10 images per class, no HaBa (needs --buffer)",
+    ),
+    (
+        "mtt-cifar10-ipc50",
+        "MTT's official CIFAR-10 script at 50 images per class, no HaBa (needs --buffer)",
+    ),
 ];
+
+/// The official CIFAR-10 trajectory-matching settings at `ipc` (SPEC 3): HaBa's scripts
+/// with `haba`, MTT's own (images lr 1000, momentum 0.5) without.
+fn mtt_cifar10(ipc: usize, haba: bool) -> DistillConfig {
+    let (syn_steps, max_start_epoch, lr_lr, lr_teacher) = match ipc {
+        1 => (50, 2, 1e-7, 0.01),
+        10 => (30, 20, 1e-5, if haba { 0.001 } else { 0.01 }),
+        _ => (30, 20, 1e-5, 0.01),
+    };
+    let (lr, momentum) = if haba { (100.0, 0.95) } else { (1000.0, 0.5) };
+    DistillConfig {
+        method: Method::Mtt,
+        haba,
+        dataset: "cifar10".into(),
+        preprocess: NormKind::Zca { eps: 0.1 },
+        ipc,
+        iterations: 15_000,
+        lr_bases: lr,
+        momentum_bases: momentum,
+        lr_hallucinators: lr,
+        momentum_hallucinators: momentum,
+        mtt: MttSettings {
+            syn_steps,
+            expert_epochs: 2,
+            max_start_epoch,
+            lr_teacher,
+            lr_lr,
+            momentum_lr: if haba { 0.9 } else { 0.5 },
+            ..MttSettings::default()
+        },
+        ..DistillConfig::default()
+    }
+}
 
 impl DistillConfig {
     /// The settings of a named preset (see [`PRESETS`]).
@@ -195,8 +345,11 @@ impl DistillConfig {
                 ipc: 2,
                 budget_equal: true,
                 iterations: 300,
-                batch_real: 64,
-                embedder: "ConvNetW32".parse()?,
+                dm: DmSettings {
+                    batch_real: 64,
+                    embedder: "ConvNetW32".parse()?,
+                    views: Views::All,
+                },
                 eval: EvalSettings {
                     model: "ConvNetW32".parse()?,
                     nets: 2,
@@ -214,6 +367,16 @@ impl DistillConfig {
                 dataset: "fashion-mnist".into(),
                 ..base
             },
+            "haba-mtt-cifar10-ipc1" => mtt_cifar10(1, true),
+            "haba-mtt-cifar10-ipc1-sc" => Self {
+                single_channel: true,
+                ..mtt_cifar10(1, true)
+            },
+            "haba-mtt-cifar10-ipc10" => mtt_cifar10(10, true),
+            "haba-mtt-cifar10-ipc50" => mtt_cifar10(50, true),
+            "mtt-cifar10-ipc1" => mtt_cifar10(1, false),
+            "mtt-cifar10-ipc10" => mtt_cifar10(10, false),
+            "mtt-cifar10-ipc50" => mtt_cifar10(50, false),
             _ => {
                 let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
                 return Err(Error::Config(format!(
@@ -252,14 +415,38 @@ impl DistillConfig {
         if self.kernel == 0 {
             return bad("kernel must be at least 1".into());
         }
-        if self.batch_real == 0 {
-            return bad("batch_real must be at least 1".into());
+        if self.dm.batch_real == 0 {
+            return bad("dm.batch_real must be at least 1".into());
+        }
+        let mtt = &self.mtt;
+        if self.method == Method::Mtt {
+            if mtt.buffer.is_empty() {
+                return bad(
+                    "MTT needs expert trajectories: set mtt.buffer to a directory made by                      `haba buffer`"
+                        .into(),
+                );
+            }
+            if mtt.syn_steps == 0 || mtt.expert_epochs == 0 || mtt.max_start_epoch == 0 {
+                return bad(format!(
+                    "mtt.syn_steps ({}), mtt.expert_epochs ({}) and mtt.max_start_epoch ({}) \
+                     must each be at least 1",
+                    mtt.syn_steps, mtt.expert_epochs, mtt.max_start_epoch
+                ));
+            }
+            if !(mtt.lr_teacher.is_finite() && mtt.lr_teacher > 0.0) {
+                return bad(format!(
+                    "mtt.lr_teacher must be a finite number > 0, found {}",
+                    mtt.lr_teacher
+                ));
+            }
         }
         for (name, v) in [
             ("lr_bases", self.lr_bases),
             ("lr_hallucinators", self.lr_hallucinators),
             ("momentum_bases", self.momentum_bases),
             ("momentum_hallucinators", self.momentum_hallucinators),
+            ("mtt.lr_lr", mtt.lr_lr),
+            ("mtt.momentum_lr", mtt.momentum_lr),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return bad(format!("{name} must be a finite number >= 0, found {v}"));
@@ -315,7 +502,13 @@ mod tests {
     #[test]
     fn presets_are_valid_and_unknown_ones_named() {
         for (name, _) in PRESETS {
-            DistillConfig::preset(name).unwrap().validate().unwrap();
+            let mut cfg = DistillConfig::preset(name).unwrap();
+            if cfg.method == Method::Mtt {
+                let err = cfg.validate().unwrap_err().to_string();
+                assert!(err.contains("haba buffer"), "{name}: {err}");
+                cfg.mtt.buffer = "buffers/cifar10".into();
+            }
+            cfg.validate().unwrap();
         }
         let err = DistillConfig::preset("nope").unwrap_err().to_string();
         assert!(err.contains("nope") && err.contains("quick"), "{err}");

@@ -20,9 +20,78 @@
 
 use burn::tensor::Tensor;
 
+use super::config::{DmSettings, Views};
+use super::objective::{Objective, Synthetic};
 use crate::augment::Dsa;
+use crate::data::Prepared;
+use crate::error::Result;
 use crate::nets::{BnMode, Network};
 use crate::rng::Rng;
+
+/// DM as an [`Objective`]: per iteration a fresh embedder, one real batch per class, and
+/// [`dm_loss`] against the class's synthetic views.
+pub struct Dm {
+    settings: DmSettings,
+    embedder: Network,
+    /// Indices of each class's training images.
+    by_class: Vec<Vec<usize>>,
+}
+
+impl Dm {
+    pub fn new(settings: &DmSettings, data: &Prepared) -> Result<Self> {
+        let mut by_class = vec![Vec::new(); data.classes];
+        for (i, &l) in data.train.labels.iter().enumerate() {
+            by_class[l as usize].push(i);
+        }
+        Ok(Self {
+            settings: settings.clone(),
+            embedder: Network::new(&settings.embedder, data.shape, data.classes)?,
+            by_class,
+        })
+    }
+}
+
+impl Objective for Dm {
+    fn loss(&mut self, syn: &Synthetic<'_>, data: &Prepared, rng: &mut Rng) -> Result<Tensor<1>> {
+        let device = syn.fact.bases.device();
+        let (n, per_class) = (syn.fact.len(), syn.per_class);
+        // A fresh, untrained embedder each iteration.
+        let params = self.embedder.init(rng, &device);
+        // Every basis through a hallucinator drawn for it, or through each hallucinator
+        // (hallucinator-major, so class c's views are strided by n).
+        let (images, views) = match self.settings.views {
+            Views::Sample => {
+                let m = syn.hallucinators();
+                let h: Vec<usize> = (0..n).map(|_| rng.below(m)).collect();
+                (syn.images(&h)?, 1)
+            }
+            Views::All => (syn.every_view()?, syn.hallucinators()),
+        };
+        let synthetic: Vec<Tensor<4>> = (0..syn.classes)
+            .map(|c| {
+                let of = |j: usize| images.clone().narrow(0, j * n + c * per_class, per_class);
+                Tensor::cat((0..views).map(of).collect(), 0)
+            })
+            .collect();
+        let real: Vec<Tensor<4>> = self
+            .by_class
+            .iter()
+            .map(|idx| {
+                let take = self.settings.batch_real.min(idx.len());
+                let pick: Vec<usize> = (0..take).map(|_| idx[rng.below(idx.len())]).collect();
+                data.train.batch(&pick).0
+            })
+            .collect();
+        Ok(dm_loss(
+            &self.embedder,
+            &params,
+            &real,
+            &synthetic,
+            syn.dsa,
+            rng.next_u64(),
+        ))
+    }
+}
 
 /// The DM loss `Σ_c Σ_f (mean embed(DSA(real_c)) - mean embed(DSA(syn_c)))²`, shape `[1]`.
 ///

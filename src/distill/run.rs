@@ -4,8 +4,7 @@
 //! ```text
 //! RUN/config.toml              every setting (what --resume reads back)
 //! RUN/distilled.safetensors    the artifact (bases, hallucinators, labels, metadata)
-//! RUN/checkpoint.safetensors   optimiser momenta and the adversary, to resume exactly
-//! RUN/checkpoint.json          the iteration the checkpoint holds
+//! RUN/checkpoint.safetensors   every learned tensor, optimiser momentum and the iteration
 //! RUN/metrics.jsonl            one line per logged iteration and per evaluation
 //! RUN/report.json              settings, storage, accuracies, baselines
 //! RUN/bases.png, hallucinated.png
@@ -13,11 +12,10 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::Tensor;
-
+use super::checkpoint::Checkpoint;
 use super::config::DistillConfig;
 use super::runner::{Distiller, Losses};
-use crate::artifact::{Artifact, ArtifactMeta, read_f32_tensors, write_atomic, write_f32_tensors};
+use crate::artifact::{Artifact, ArtifactMeta, write_atomic};
 use crate::data::{Dataset, LabelledImages, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::{EvalConfig, EvalProgress, EvalResult, evaluate};
@@ -49,9 +47,6 @@ impl RunDir {
     }
     pub fn checkpoint(&self) -> PathBuf {
         self.path.join("checkpoint.safetensors")
-    }
-    pub fn checkpoint_state(&self) -> PathBuf {
-        self.path.join("checkpoint.json")
     }
     pub fn metrics(&self) -> PathBuf {
         self.path.join(crate::report::METRICS_FILE)
@@ -124,71 +119,39 @@ pub fn artifact_of(d: &Distiller, data: &Prepared, dataset: &Dataset) -> Artifac
             method: d.cfg.label(),
             settings: serde_json::to_value(&d.cfg).unwrap_or_default(),
         },
-        lr: None,
+        lr: d.learned_lr(),
     }
 }
 
-/// Writes the artifact and everything needed to continue from this iteration.
+/// Writes the artifact and everything needed to continue from this iteration. The
+/// checkpoint is one file written atomically, so whatever moment a run is killed, the
+/// checkpoint on disk is whole.
 pub fn checkpoint(d: &Distiller, data: &Prepared, dataset: &Dataset, run: &RunDir) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor<1>)> = Vec::new();
-    if let Some(v) = d.bases_velocity() {
-        tensors.push(("bases.velocity".into(), v.clone().flatten(0, 3)));
-    }
-    if let Some(v) = d.hallucinators_velocity() {
-        tensors.push(("hallucinators.velocity".into(), v.clone()));
-    }
-    if let Some(adv) = &d.adversary {
-        tensors.push(("adversary.params".into(), adv.params().clone()));
-        if let Some(v) = adv.velocity() {
-            tensors.push(("adversary.velocity".into(), v.clone()));
-        }
-    }
-    artifact_of(d, data, dataset).save(&run.artifact())?;
-    write_f32_tensors(&run.checkpoint(), &tensors)?;
-    let state = serde_json::json!({ "iteration": d.iteration });
-    write_atomic(&run.checkpoint_state(), state.to_string().as_bytes())
+    write_atomic(&run.checkpoint(), &d.checkpoint().to_bytes()?)?;
+    artifact_of(d, data, dataset).save(&run.artifact())
 }
 
 /// Continues a run from its last checkpoint: a distiller built from the run's config, with
-/// the saved factorization, momenta, adversary and iteration put back. Because every
-/// iteration draws from a generator seeded by (seed, iteration), the resumed run takes the
-/// same steps the uninterrupted one would have.
+/// every saved tensor and the iteration put back. Because every iteration draws from a
+/// generator seeded by (seed, iteration), the resumed run takes the same steps the
+/// uninterrupted one would have.
 pub fn resume(run: &RunDir, data: &Prepared) -> Result<Distiller> {
     let cfg = run.read_config()?;
     let mut d = Distiller::new(cfg, data)?;
-    let state_path = run.checkpoint_state();
-    let text = read_text(&state_path)?;
-    let iteration = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["iteration"].as_u64())
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "{}: expected {{\"iteration\": N}}, found {text}",
-                state_path.display()
-            ))
-        })?;
+    let path = run.checkpoint();
+    let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
     let device = data.train.images.device();
-    let artifact = Artifact::load(&run.artifact(), &device)?;
-    if artifact.factorization.bases.dims() != d.factorization.bases.dims() {
-        return Err(Error::Config(format!(
-            "{}: bases {:?} do not match the run's settings {:?}",
-            run.artifact().display(),
-            artifact.factorization.bases.dims(),
-            d.factorization.bases.dims()
-        )));
-    }
-    let mut saved = read_f32_tensors(&run.checkpoint(), &device)?;
-    let mut take = |name: &str| saved.remove(name);
-    let bases_v = take("bases.velocity").map(|v| v.reshape(d.factorization.bases.dims()));
-    let hal_v = take("hallucinators.velocity");
-    let adv = take("adversary.params").map(|p| (p, take("adversary.velocity")));
-    d.restore(
-        artifact.factorization,
-        iteration as usize,
-        bases_v,
-        hal_v,
-        adv,
-    )?;
+    let ck = Checkpoint::from_bytes(&bytes, &device).map_err(|reason| Error::Artifact {
+        path: path.clone(),
+        reason,
+    })?;
+    d.restore(ck).map_err(|e| Error::Artifact {
+        path,
+        reason: e.to_string(),
+    })?;
     Ok(d)
 }
 
@@ -221,13 +184,14 @@ pub fn evaluate_factorization(
 
 /// The evaluation settings of a run's config. HaBa runs standardise every batch, as the
 /// reference HaBa evaluation does (per channel here, not with one scalar).
-pub fn eval_config(cfg: &DistillConfig) -> EvalConfig {
+/// `lr` replaces the configured learning rate when the objective learned one (MTT's α).
+pub fn eval_config(cfg: &DistillConfig, lr: Option<f32>) -> EvalConfig {
     EvalConfig {
         model: cfg.eval.model,
         nets: cfg.eval.nets,
         train: TrainConfig {
             standardize_batches: cfg.haba,
-            ..TrainConfig::protocol(cfg.eval.epochs, cfg.eval.lr)
+            ..TrainConfig::protocol(cfg.eval.epochs, lr.unwrap_or(cfg.eval.lr))
         },
         dsa: cfg.dsa.clone(),
         ..EvalConfig::default()
@@ -248,7 +212,7 @@ pub fn distill(
     let mut metrics = MetricsLog::open(&run.metrics())?;
     let start = std::time::Instant::now();
     let total = d.cfg.iterations;
-    let eval_cfg = eval_config(&d.cfg);
+
     // Evaluates the current factorization, logs and reports the result.
     let evaluate_now = |d: &Distiller,
                         metrics: &mut MetricsLog,
@@ -258,7 +222,7 @@ pub fn distill(
             &d.factorization,
             &data.test,
             data.classes,
-            &eval_cfg,
+            &eval_config(&d.cfg, d.learned_lr()),
             d.cfg.seed,
             &mut |p| on_event(Event::EvalProgress(p)),
         )?;

@@ -1,18 +1,20 @@
-//! The distillation loop: one [`Distiller::step`] is one iteration of distribution matching (with HaBa's
-//! 2.4 terms), reading top to bottom as data -> bases -> hallucinators -> augmentation ->
-//! embedder -> loss -> update.
+//! The distillation loop: one [`Distiller::step`] is one iteration of the base objective
+//! (DM or MTT, see [`super::objective`]) with HaBa's contrastive terms, reading top to
+//! bottom as bases -> hallucinators -> objective -> update -> adversary.
 
 use burn::tensor::Tensor;
 
-use super::config::{DistillConfig, Views};
-use super::dm::dm_loss;
+use super::checkpoint::Checkpoint;
+use super::config::{DistillConfig, Method};
+use super::contrastive::{Adversary, augment_pair};
+use super::dm::Dm;
+use super::mtt::Mtt;
+use super::objective::{Objective, Synthetic};
 use crate::augment::Dsa;
 use crate::data::{ImageShape, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::dsa_from_name;
-use crate::haba::contrastive::{Adversary, augment_pair};
 use crate::haba::{Factorization, HallucinatorShape, Hallucinators, Storage, init_bases};
-use crate::nets::Network;
 use crate::optim::{Sgd, SgdState};
 use crate::rng::Rng;
 
@@ -25,6 +27,9 @@ pub struct Losses {
     pub diversity: f32,
     /// The adversary's own loss after its step, 0 when off.
     pub adversary: f32,
+    /// The learned learning rate α after the step (MTT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f32>,
 }
 
 /// How many bases per class HaBa may keep so its floats fit the plain method's at `ipc`
@@ -93,15 +98,30 @@ pub struct Distiller {
     classes: usize,
     image: ImageShape,
     dsa: Dsa,
-    by_class: Vec<Vec<usize>>,
+    objective: Box<dyn Objective>,
     bases_opt: (Sgd, SgdState<4>),
     hal_opt: Option<(Sgd, SgdState)>,
     pub adversary: Option<Adversary>,
 }
 
 impl Distiller {
-    /// A fresh run: bases from real images (or noise), new hallucinators and adversary.
+    /// A fresh run: bases from real images (or noise), new hallucinators and adversary,
+    /// and the configured objective (MTT reads its expert buffer here).
     pub fn new(cfg: DistillConfig, data: &Prepared) -> Result<Self> {
+        cfg.validate()?;
+        let objective: Box<dyn Objective> = match cfg.method {
+            Method::Dm => Box::new(Dm::new(&cfg.dm, data)?),
+            Method::Mtt => Box::new(Mtt::new(&cfg, data)?),
+        };
+        Self::with_objective(cfg, data, objective)
+    }
+
+    /// A fresh run with an objective built by the caller (e.g. MTT over experts in memory).
+    pub fn with_objective(
+        cfg: DistillConfig,
+        data: &Prepared,
+        objective: Box<dyn Objective>,
+    ) -> Result<Self> {
         cfg.validate()?;
         let device = data.train.images.device();
         let (classes, image) = (data.classes, data.shape);
@@ -162,10 +182,6 @@ impl Distiller {
             let st = s.state();
             (s, st)
         });
-        let mut by_class = vec![Vec::new(); classes];
-        for (i, &l) in data.train.labels.iter().enumerate() {
-            by_class[l as usize].push(i);
-        }
         Ok(Self {
             dsa: dsa_from_name(&cfg.dsa)?,
             bases_opt: {
@@ -182,47 +198,54 @@ impl Distiller {
             bases_per_class,
             classes,
             image,
-            by_class,
+            objective,
             hal_opt,
             adversary,
         })
     }
 
-    /// Momentum of the bases' optimiser (for checkpoints).
-    pub fn bases_velocity(&self) -> Option<&Tensor<4>> {
-        self.bases_opt.1.velocity.as_ref()
+    /// Everything needed to continue this run exactly (see [`Checkpoint`]).
+    pub fn checkpoint(&self) -> Checkpoint {
+        let mut ck = Checkpoint::new(self.iteration);
+        ck.put("bases", &self.factorization.bases);
+        ck.put_opt("bases.velocity", self.bases_opt.1.velocity.as_ref());
+        if let Some(h) = &self.factorization.hallucinators {
+            ck.put("hallucinators", &h.params);
+        }
+        if let Some((_, st)) = &self.hal_opt {
+            ck.put_opt("hallucinators.velocity", st.velocity.as_ref());
+        }
+        if let Some(adv) = &self.adversary {
+            adv.save(&mut ck);
+        }
+        self.objective.save(&mut ck);
+        ck
     }
 
-    /// Momentum of the hallucinators' optimiser (for checkpoints).
-    pub fn hallucinators_velocity(&self) -> Option<&Tensor<1>> {
-        self.hal_opt
-            .as_ref()
-            .and_then(|(_, st)| st.velocity.as_ref())
-    }
-
-    /// Puts back the state a checkpoint saved (see `run::resume`).
-    pub fn restore(
-        &mut self,
-        factorization: Factorization,
-        iteration: usize,
-        bases_velocity: Option<Tensor<4>>,
-        hallucinators_velocity: Option<Tensor<1>>,
-        adversary: Option<(Tensor<1>, Option<Tensor<1>>)>,
-    ) -> Result<()> {
-        if factorization.hallucinators.is_some() != self.factorization.hallucinators.is_some() {
-            return Err(Error::Config(
-                "the checkpoint and the run's config disagree on hallucinators".into(),
-            ));
+    /// Puts back the state of a checkpoint of this run, refusing one whose tensors do not
+    /// fit the run's settings.
+    pub fn restore(&mut self, mut ck: Checkpoint) -> Result<()> {
+        let dims = self.factorization.bases.dims();
+        self.factorization.bases = ck.require("bases", dims)?;
+        self.bases_opt.1.velocity = ck.take("bases.velocity", dims)?;
+        if let Some(h) = &mut self.factorization.hallucinators {
+            let len = [h.shape.num_params()];
+            h.params = ck.require("hallucinators", len)?;
+            if let Some((_, st)) = &mut self.hal_opt {
+                st.velocity = ck.take("hallucinators.velocity", len)?;
+            }
         }
-        self.factorization = factorization;
-        self.iteration = iteration;
-        self.bases_opt.1.velocity = bases_velocity;
-        if let Some((_, st)) = &mut self.hal_opt {
-            st.velocity = hallucinators_velocity;
+        if let Some(adv) = &mut self.adversary {
+            adv.load(&mut ck)?;
         }
-        if let (Some(adv), Some((params, velocity))) = (&mut self.adversary, adversary) {
-            adv.restore(params, velocity);
+        self.objective.load(&mut ck)?;
+        if let Some(name) = ck.remaining().first() {
+            return Err(Error::Config(format!(
+                "the checkpoint holds `{name}`, which this run's settings do not have \
+                 (hallucinators, contrastive terms or method differ)"
+            )));
         }
+        self.iteration = ck.iteration;
         Ok(())
     }
 
@@ -230,17 +253,16 @@ impl Distiller {
         self.factorization.storage(self.image, self.classes)
     }
 
-    /// One iteration: a fresh random embedder, the DM loss per class on real vs synthetic
-    /// images (plus HaBa's diversity term), one SGD step on bases and hallucinators, then
-    /// one step of the adversary.
+    /// The learning rate the objective learned for training on the set (MTT's α).
+    pub fn learned_lr(&self) -> Option<f32> {
+        self.objective.learned_lr()
+    }
+
+    /// One iteration: the objective's loss on the synthetic images (plus HaBa's diversity
+    /// term), one SGD step on bases and hallucinators and on what the objective learns
+    /// itself, then one step of the adversary.
     pub fn step(&mut self, data: &Prepared) -> Result<Losses> {
         let mut rng = Rng::new(self.cfg.seed).fork(self.iteration as u64 + 1);
-        let device = self.factorization.bases.device();
-        let (n, per_class) = (self.factorization.len(), self.bases_per_class);
-
-        // A fresh, untrained embedder each iteration (DM).
-        let embedder = Network::new(&self.cfg.embedder, self.image, self.classes)?;
-        let embed_params = embedder.init(&mut rng, &device);
 
         // Learnable tensors, tracked for this iteration's backward.
         let bases = self.factorization.bases.clone().autodiff().require_grad();
@@ -256,46 +278,19 @@ impl Distiller {
                 .factorization
                 .hallucinators
                 .as_ref()
-                .map(|h| Hallucinators {
+                .zip(hal_params.clone())
+                .map(|(h, params)| Hallucinators {
                     shape: h.shape,
-                    params: hal_params.clone().expect("set with the hallucinators"),
+                    params,
                 }),
         };
-        let m = tracked.hallucinators.as_ref().map_or(1, |h| h.shape.count);
-
-        // Synthetic images: every basis through a hallucinator drawn for it, or through
-        // each hallucinator (hallucinator-major, so class c's views are strided by n).
-        let (syn, views) = match self.cfg.views {
-            Views::Sample => {
-                let h: Vec<usize> = (0..n).map(|_| rng.below(m)).collect();
-                (tracked.images(bases.clone(), &h)?, 1)
-            }
-            Views::All => (tracked.every_view(bases.clone())?, m),
+        let syn = Synthetic {
+            fact: &tracked,
+            classes: self.classes,
+            per_class: self.bases_per_class,
+            dsa: &self.dsa,
         };
-        let syn: Vec<Tensor<4>> = (0..self.classes)
-            .map(|c| {
-                let of = |j: usize| syn.clone().narrow(0, j * n + c * per_class, per_class);
-                Tensor::cat((0..views).map(of).collect(), 0)
-            })
-            .collect();
-        // Real batches, one per class.
-        let real: Vec<Tensor<4>> = self
-            .by_class
-            .iter()
-            .map(|idx| {
-                let take = self.cfg.batch_real.min(idx.len());
-                let pick: Vec<usize> = (0..take).map(|_| idx[rng.below(idx.len())]).collect();
-                data.train.batch(&pick).0
-            })
-            .collect();
-        let objective = dm_loss(
-            &embedder,
-            &embed_params,
-            &real,
-            &syn,
-            &self.dsa,
-            rng.next_u64(),
-        );
+        let objective = self.objective.loss(&syn, data, &mut rng)?;
 
         // HaBa's diversity term: two different hallucinators on the same bases should look
         // different to the adversary.
@@ -310,7 +305,7 @@ impl Distiller {
         let objective = objective.into_scalar::<f32>();
         if !objective.is_finite() {
             return Err(Error::NonFinite(format!(
-                "the {} loss became {objective} at iteration {}; lower --lr-bases",
+                "the {} loss became {objective} at iteration {}; lower lr_bases",
                 self.cfg.method, self.iteration
             )));
         }
@@ -331,6 +326,7 @@ impl Distiller {
                 .ok_or_else(|| Error::NonFinite("no gradient reached the hallucinators".into()))?;
             hal.params = sgd.step(hal.params.clone(), g, st);
         }
+        self.objective.update(&grads)?;
 
         // The adversary's own step, on a fresh pair of detached views.
         let mut adversary = 0.0;
@@ -351,6 +347,7 @@ impl Distiller {
             objective,
             diversity,
             adversary,
+            lr: self.objective.learned_lr(),
         })
     }
 

@@ -2,7 +2,6 @@
 //! synthetic set of the base methods as its special case without hallucinators.
 
 pub mod affine;
-pub mod contrastive;
 pub mod hallucinator;
 
 use burn::tensor::{Device, Tensor, TensorData};

@@ -37,6 +37,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::Checkpoint;
 use crate::augment::Dsa;
 use crate::data::ImageShape;
 use crate::nets::{Arch, BnMode, NetError, Network};
@@ -203,10 +204,18 @@ impl Adversary {
         self.state.velocity.as_ref()
     }
 
-    /// Puts back parameters and momentum saved by a checkpoint.
-    pub fn restore(&mut self, params: Tensor<1>, velocity: Option<Tensor<1>>) {
-        self.params = params;
-        self.state.velocity = velocity;
+    /// Puts the parameters and momentum into a checkpoint.
+    pub fn save(&self, ck: &mut Checkpoint) {
+        ck.put("adversary.params", &self.params);
+        ck.put_opt("adversary.velocity", self.state.velocity.as_ref());
+    }
+
+    /// Takes back what [`Adversary::save`] stored, refusing tensors of another size.
+    pub fn load(&mut self, ck: &mut Checkpoint) -> crate::Result<()> {
+        let len = [self.net.num_params()];
+        self.params = ck.require("adversary.params", len)?;
+        self.state.velocity = ck.take("adversary.velocity", len)?;
+        Ok(())
     }
 
     /// Flattened features `[N, embed_dim]` of `x`: gradients flow to `x` (when it is on an
