@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use haba::data::{Dataset, NormKind, Prepared};
 use haba::distill::run::{Event, RunDir, distill, resume};
-use haba::distill::{DistillConfig, Distiller, PRESETS, Views};
+use haba::distill::{DistillConfig, Distiller, PRESETS, Unroll, Views};
 use haba::eval::EvalResult;
 use haba::nets::Arch;
 
@@ -28,7 +28,8 @@ pub struct Args {
     /// Where the run directory goes (default: runs/<method>-<dataset>-ipc<N>[-k]).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Base objective: dm.
+    /// Base objective: dm (distribution matching) or mtt (trajectory matching; needs
+    /// --buffer).
     #[arg(long)]
     pub method: Option<String>,
     /// Learn plain images (the base method without HaBa).
@@ -98,6 +99,34 @@ pub struct Args {
     pub eval_epochs: Option<usize>,
     #[arg(long)]
     pub eval_model: Option<Arch>,
+    /// MTT: the directory of expert trajectories made by `haba buffer`.
+    #[arg(long)]
+    pub buffer: Option<PathBuf>,
+    /// MTT: the student network (default: the buffer's model).
+    #[arg(long)]
+    pub model: Option<Arch>,
+    /// MTT: student SGD steps on synthetic batches per iteration (N).
+    #[arg(long)]
+    pub syn_steps: Option<usize>,
+    /// MTT: expert epochs the student steps should cover (M).
+    #[arg(long)]
+    pub expert_epochs: Option<usize>,
+    /// MTT: start epochs are drawn below this.
+    #[arg(long)]
+    pub max_start_epoch: Option<usize>,
+    /// MTT: the student's initial learning rate α, learned from there.
+    #[arg(long)]
+    pub lr_teacher: Option<f32>,
+    /// MTT: learning rate of α's own SGD.
+    #[arg(long)]
+    pub lr_lr: Option<f32>,
+    /// MTT: synthetic images per student step (0: all).
+    #[arg(long)]
+    pub batch_syn: Option<usize>,
+    /// MTT: `graph` (one autodiff graph over every student step, as the reference) or
+    /// `recompute` (the same gradient, memory of one step).
+    #[arg(long)]
+    pub unroll: Option<Unroll>,
 }
 
 /// Preset, then config file, then flags.
@@ -146,6 +175,20 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
     if args.no_contrastive {
         cfg.contrastive = false;
     }
+    let m = &mut cfg.mtt;
+    if let Some(dir) = &args.buffer {
+        m.buffer = dir.to_string_lossy().into_owned();
+    }
+    if args.model.is_some() {
+        m.student = args.model;
+    }
+    set(&mut m.syn_steps, args.syn_steps);
+    set(&mut m.expert_epochs, args.expert_epochs);
+    set(&mut m.max_start_epoch, args.max_start_epoch);
+    set(&mut m.lr_teacher, args.lr_teacher);
+    set(&mut m.lr_lr, args.lr_lr);
+    set(&mut m.batch_syn, args.batch_syn);
+    set(&mut m.unroll, args.unroll);
     let w = &mut cfg.contrastive_weights;
     set(&mut w.cos, args.lambda_cos);
     set(&mut w.cls, args.lambda_cls);
@@ -262,6 +305,9 @@ pub fn run_with_bar(
         } => {
             bar.set_position(iteration as u64);
             let mut msg = format!("loss {:.4}", losses.objective);
+            if let Some(lr) = losses.lr {
+                msg += &format!(" lr {lr:.4}");
+            }
             if losses.adversary > 0.0 {
                 msg += &format!(" div {:.3} adv {:.3}", losses.diversity, losses.adversary);
             }
@@ -301,6 +347,7 @@ pub fn write_report(
         "iterations": d.iteration,
         "settings": d.cfg,
         "storage": d.storage(),
+        "learned_lr": d.learned_lr(),
         "result": result,
         "baselines": baselines,
     });

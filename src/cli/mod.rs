@@ -1,6 +1,7 @@
 //! One file per subcommand; this file holds the flags every command shares.
 
 mod bench;
+mod buffer;
 mod datasets;
 mod demo;
 mod distill;
@@ -64,6 +65,8 @@ impl Common {
 pub enum Command {
     /// Time each work unit (DM, HaBa-DM, training, DSA, ...) beside PyTorch at the same settings.
     Bench(bench::Args),
+    /// Train expert networks on real data and save their trajectories (for --method mtt).
+    Buffer(buffer::Args),
     /// List the known datasets and where each was found; optionally download some.
     Datasets(datasets::Args),
     /// Distill a dataset into bases and hallucinators (HaBa) or plain images.
@@ -82,6 +85,7 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         None => demo::run(&cli.common),
         Some(Command::Bench(args)) => bench::run(&cli.common, args),
+        Some(Command::Buffer(args)) => buffer::run(&cli.common, args),
         Some(Command::Datasets(args)) => datasets::run(&cli.common, args),
         Some(Command::Distill(args)) => distill::run(&cli.common, *args),
         Some(Command::Eval(args)) => eval::run(&cli.common, args),

@@ -422,7 +422,8 @@ impl DistillConfig {
         if self.method == Method::Mtt {
             if mtt.buffer.is_empty() {
                 return bad(
-                    "MTT needs expert trajectories: set mtt.buffer to a directory made by                      `haba buffer`"
+                    "MTT needs expert trajectories: set mtt.buffer to a directory made by \
+                     `haba buffer`"
                         .into(),
                 );
             }
