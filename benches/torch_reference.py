@@ -12,12 +12,13 @@ It prints one line of JSON on stdout (diagnostics go to stderr): the unit, the w
 each timed iteration, the peak resident memory, the peak device memory on CUDA, the torch
 version, the thread count and the device.
 
-This is our own code, written from the descriptions in the DM, DSA and HaBa papers and from
-haba's Rust implementation (src/nets/convnet.rs, src/augment.rs, src/distill/, src/haba/), so
-that both sides do the same computation. Inputs are random: timing does not depend on them.
+This is our own code, written from the descriptions in the DM, DSA, MTT and HaBa papers and
+from haba's Rust implementation (src/nets/convnet.rs, src/augment.rs, src/distill/, src/haba/),
+so that both sides do the same computation. Inputs are random: timing does not depend on them.
 """
 
 import argparse
+import copy
 import json
 import math
 import random
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 # Iteration i (warm-up included) uses family i % 6, on the Rust side too, so both run the
 # same mix of augmentations instead of a random one.
 FAMILIES = ["color", "crop", "cutout", "flip", "scale", "rotate"]
-UNITS = ["dsa", "embed", "test-pass", "train-step", "eval-epoch", "dm", "haba-dm"]
+UNITS = ["dsa", "embed", "test-pass", "train-step", "eval-epoch", "dm", "haba-dm", "mtt",
+         "haba-mtt"]
 
 # src/distill/config.rs and src/haba/contrastive.rs defaults.
 LR_BASES, MOMENTUM_BASES = 1.0, 0.5
@@ -39,6 +41,15 @@ LR_HAL, MOMENTUM_HAL = 1e-3, 0.5
 LR_ADV, MOMENTUM_ADV = 1e-3, 0.9
 LAMBDA_COS, LAMBDA_CLS, LAMBDA_LIKE, LAMBDA_CON = 0.1, 1.0, 0.1, 0.1
 TEMPERATURE = BASE_TEMPERATURE = 0.07
+# src/distill/config.rs, the MTT presets: images lr 1000, momentum 0.5 (MTT's); bases and
+# hallucinators lr 100, momentum 0.95 (HaBa's); the learned lr alpha starts at lr_teacher
+# and has its own SGD (momentum 0.5, 0.9 with HaBa); src/distill/mtt.rs keeps it >= MIN_LR.
+LR_MTT, MOMENTUM_MTT = 1000.0, 0.5
+LR_HABA_MTT, MOMENTUM_HABA_MTT = 100.0, 0.95
+LR_TEACHER, LR_LR, MIN_LR = 0.01, 1e-5, 0.001
+MOMENTUM_LR, MOMENTUM_LR_HABA = 0.5, 0.9
+# The benchmark's expert: its target is this far (times N(0, 1)) from the start.
+EXPERT_SPREAD = 0.01
 # The evaluation protocol's optimiser (src/train.rs, TrainConfig::protocol).
 LR_NET, MOMENTUM_NET, DECAY_NET = 0.01, 0.9, 5e-4
 
@@ -86,6 +97,20 @@ class ConvNet:
         for p in self.parameters():
             p.requires_grad_(flag)
         return self
+
+    def flat(self):
+        """The parameters as one vector, in parameters() order (MTT's flat student)."""
+        return torch.cat([p.reshape(-1) for p in self.parameters()])
+
+    def with_flat(self, theta):
+        """The same network with its parameters replaced by views of the vector `theta`
+        (laid out as flat()), so that gradients reach `theta`."""
+        ps = self.parameters()
+        views = [v.view_as(p) for v, p in zip(theta.split([p.numel() for p in ps]), ps)]
+        out = copy.copy(self)
+        out.blocks = [(*views[4 * d:4 * d + 4], b[4]) for d, b in enumerate(self.blocks)]
+        out.head = tuple(views[4 * len(self.blocks):]) or None
+        return out
 
     def embed(self, x, const=False):
         """Flattened features; `const` cuts the graph to the parameters (they stay
@@ -199,6 +224,11 @@ def images(a, n, device):
 
 def labels(a, n, device):
     return torch.randint(0, a.classes, (n,), device=device)
+
+
+def class_major(a, device):
+    """The synthetic set's labels: ipc images of class 0 first, then class 1, ..."""
+    return torch.arange(a.classes, device=device).repeat_interleave(a.ipc)
 
 
 def sgd_net(net):
@@ -332,17 +362,23 @@ def supcon(f0, f1, y):
     return -(TEMPERATURE / BASE_TEMPERATURE) * mean_pos.mean()
 
 
-def unit_haba_dm(a, dev):
-    m, n, k = a.hallucinators, a.ipc, a.classes * a.ipc
-    if m < 2:
-        sys.exit("torch_reference.py: haba-dm compares two hallucinators; use --hallucinators >= 2")
-    real = torch.randn(a.classes, a.batch_real, a.channels, a.height, a.width, device=dev)
-    bases = images(a, k, dev).requires_grad_(True)
-    y = torch.arange(a.classes, device=dev).repeat_interleave(n)  # class-major bases
-    hals = [make_hallucinator(a, dev) for _ in range(m)]
-    hal_params = [p.requires_grad_(True) for h in hals for p in h]
-    opt_bases = torch.optim.SGD([bases], lr=LR_BASES, momentum=MOMENTUM_BASES)
-    opt_hal = torch.optim.SGD(hal_params, lr=LR_HAL, momentum=MOMENTUM_HAL)
+def factorised(a, dev, unit):
+    """HaBa's factorised set: class-major bases [classes * ipc, C, H, W] and
+    `--hallucinators` hallucinators, all on the graph."""
+    if a.hallucinators < 2:
+        sys.exit(f"torch_reference.py: {unit} compares two hallucinators; "
+                 "use --hallucinators >= 2")
+    bases = images(a, a.classes * a.ipc, dev).requires_grad_(True)
+    hals = [[p.requires_grad_(True) for p in make_hallucinator(a, dev)]
+            for _ in range(a.hallucinators)]
+    return bases, hals
+
+
+def contrastive(a, dev, bases, hals):
+    """HaBa's adversary (src/distill/contrastive.rs) over the factorised set. Returns
+    diversity(family), the term added to the set's objective, and adversary_step(family),
+    the adversary's own step once the set has taken its step (it returns that loss)."""
+    m, k, y = len(hals), len(bases), class_major(a, dev)
     # haba's Adversary::new always builds Arch::default() (width 128, depth 3), the
     # reference Extractor, whatever the embedder's width.
     adversary = ConvNet(a, True, dev, width=128, depth=3).requires_grad_(True)
@@ -356,27 +392,16 @@ def unit_haba_dm(a, dev):
         both = dsa(torch.cat([hallucinate(hals[j], bases), hallucinate(hals[i], bases)]), family)
         return both[:k], both[k:]
 
-    def step(family):
-        embedder = ConvNet(a, False, dev)  # fresh, untrained, no grad (DM)
-        # Every basis through every hallucinator; class c's views are its N bases under
-        # each of the M hallucinators (M * N images).
-        views = [hallucinate(h, bases) for h in hals]
-        syn = [torch.cat([v[c * n:(c + 1) * n] for v in views]) for c in range(a.classes)]
-        objective = dm_loss(a, embedder, real, syn, family)
-        # Diversity: two views of the same bases should look different to the adversary,
-        # whose parameters are constants here (haba; the reference computes and then
-        # discards their gradient).
+    def diversity(family):
+        # Two views of the same bases should look different to the adversary, whose
+        # parameters are constants here (haba; the reference computes and then discards
+        # their gradient).
         x0, x1 = pair(family)
         f = adversary.embed(torch.cat([x0, x1]), const=True)
-        diversity = LAMBDA_COS * ((cosine(f[:k], f[k:]) + 1) / 2).mean()
-        _ = objective.item(), diversity.item()  # haba reads both before its backward
-        opt_bases.zero_grad()
-        opt_hal.zero_grad()
-        (objective + diversity).backward()
-        opt_bases.step()
-        opt_hal.step()
+        return LAMBDA_COS * ((cosine(f[:k], f[k:]) + 1) / 2).mean()
 
-        # The adversary's step, on a fresh pair of detached views of the updated bases.
+    def adversary_step(family):
+        # On a fresh pair of detached views of the updated bases.
         with torch.no_grad():
             x0, x1 = pair(family)
         f = adversary.embed(torch.cat([x0, x1]))
@@ -388,12 +413,119 @@ def unit_haba_dm(a, dev):
         loss.backward()
         opt_adv.step()
         return loss.item()
+    return diversity, adversary_step
+
+
+def unit_haba_dm(a, dev):
+    n = a.ipc
+    real = torch.randn(a.classes, a.batch_real, a.channels, a.height, a.width, device=dev)
+    bases, hals = factorised(a, dev, "haba-dm")
+    opt_bases = torch.optim.SGD([bases], lr=LR_BASES, momentum=MOMENTUM_BASES)
+    opt_hal = torch.optim.SGD([p for h in hals for p in h], lr=LR_HAL, momentum=MOMENTUM_HAL)
+    diversity, adversary_step = contrastive(a, dev, bases, hals)
+
+    def step(family):
+        embedder = ConvNet(a, False, dev)  # fresh, untrained, no grad (DM)
+        # Every basis through every hallucinator; class c's views are its N bases under
+        # each of the M hallucinators (M * N images).
+        views = [hallucinate(h, bases) for h in hals]
+        syn = [torch.cat([v[c * n:(c + 1) * n] for v in views]) for c in range(a.classes)]
+        objective = dm_loss(a, embedder, real, syn, family)
+        div = diversity(family)
+        _ = objective.item(), div.item()  # haba reads both before its backward
+        opt_bases.zero_grad()
+        opt_hal.zero_grad()
+        (objective + div).backward()
+        opt_bases.step()
+        opt_hal.step()
+        return adversary_step(family)
+    return step
+
+
+class Mtt:
+    """Matching training trajectories (src/distill/mtt.rs) against one expert segment:
+    the start is a default-initialised ConvNet's flat parameters and the target is
+    EXPERT_SPREAD * N(0, 1) away from it. It owns the learned lr alpha and steps it like
+    an optimiser (zero_grad() before the backward, step() after)."""
+
+    def __init__(self, a, dev, momentum_lr):
+        self.a, self.y = a, class_major(a, dev)
+        self.net = ConvNet(a, True, dev)
+        self.start = self.net.flat()
+        self.target = self.start + EXPERT_SPREAD * torch.randn_like(self.start)
+        self.alpha = torch.tensor(LR_TEACHER, device=dev, requires_grad=True)
+        self.opt = torch.optim.SGD([self.alpha], lr=LR_LR, momentum=momentum_lr)
+
+    def loss(self, rows, family):
+        """|theta_N - target|^2 / |start - target|^2 after `--syn-steps` student steps
+        from start; `rows(idx)` gives the synthetic images of rows idx, on the graph."""
+        k = len(self.y)
+        # A fresh leaf on start's storage: autograd.grad needs the first theta to require
+        # grad, as the reference's student_params[0] does.
+        theta = self.start.detach().requires_grad_(True)
+        for _ in range(self.a.syn_steps):
+            # batch_syn is the whole set: each step is one chunk of a fresh permutation.
+            perm = torch.randperm(k, device=self.start.device)
+            x = dsa(rows(perm), family)  # a fresh per-sample draw every step
+            ce = F.cross_entropy(self.net.with_flat(theta)(x), self.y[perm])
+            g = torch.autograd.grad(ce, theta, create_graph=True)[0]
+            theta = theta - self.alpha * g
+        return (((theta - self.target) ** 2).sum()
+                / ((self.start - self.target) ** 2).sum())
+
+    def zero_grad(self):
+        self.opt.zero_grad()
+
+    def step(self):
+        self.opt.step()
+        with torch.no_grad():
+            self.alpha.clamp_(min=MIN_LR)
+
+
+def unit_mtt(a, dev):
+    syn = images(a, a.classes * a.ipc, dev).requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=LR_MTT, momentum=MOMENTUM_MTT)
+    mtt = Mtt(a, dev, MOMENTUM_LR)
+
+    def step(family):
+        loss = mtt.loss(lambda idx: syn[idx], family)
+        value = loss.item()  # haba reads the objective before its backward
+        opt.zero_grad()
+        mtt.zero_grad()
+        loss.backward()
+        opt.step()
+        mtt.step()
+        return value
+    return step
+
+
+def unit_haba_mtt(a, dev):
+    bases, hals = factorised(a, dev, "haba-mtt")
+    opt = torch.optim.SGD([bases] + [p for h in hals for p in h], lr=LR_HABA_MTT,
+                          momentum=MOMENTUM_HABA_MTT)
+    diversity, adversary_step = contrastive(a, dev, bases, hals)
+    mtt = Mtt(a, dev, MOMENTUM_LR_HABA)
+
+    def rows(idx):
+        # Each student step runs its whole batch through one hallucinator drawn at random.
+        return hallucinate(hals[random.randrange(len(hals))], bases[idx])
+
+    def step(family):
+        objective = mtt.loss(rows, family)
+        div = diversity(family)
+        _ = objective.item(), div.item()  # haba reads both before its backward
+        opt.zero_grad()
+        mtt.zero_grad()
+        (objective + div).backward()
+        opt.step()
+        mtt.step()
+        return adversary_step(family)
     return step
 
 
 BUILDERS = {"dsa": unit_dsa, "embed": unit_embed, "test-pass": unit_test_pass,
             "train-step": unit_train_step, "eval-epoch": unit_eval_epoch, "dm": unit_dm,
-            "haba-dm": unit_haba_dm}
+            "haba-dm": unit_haba_dm, "mtt": unit_mtt, "haba-mtt": unit_haba_mtt}
 
 
 # ------------------------------------------------------------------------------ main
@@ -407,6 +539,7 @@ def parse_args(argv):
         p.add_argument(f"--{name}", type=int, required=True)
     p.add_argument("--width-net", type=int, default=128)
     p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--syn-steps", type=int, default=10)  # MTT's student steps
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     return p.parse_args(argv)
 

@@ -13,13 +13,20 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Blocks of at least this many bytes are cached; smaller ones go to the system as usual.
 const LARGE: usize = 1 << 20;
 /// Cached sizes are rounded up to a multiple of this, so near-equal requests share blocks.
 const GRAIN: usize = 64 << 10;
 /// The most bytes kept cached; beyond it the oldest blocks go back to the system.
-const CACHE_LIMIT: usize = 1 << 30;
+static CACHE_LIMIT: AtomicUsize = AtomicUsize::new(1 << 30);
+
+/// Changes how many freed bytes the cache may keep (0: none, so the process's resident
+/// peak is the tensors' own, as a memory benchmark wants).
+pub fn set_cache_limit(bytes: usize) {
+    CACHE_LIMIT.store(bytes, Ordering::Relaxed);
+}
 
 /// A freed block: its address and the layout it was allocated with.
 struct Block {
@@ -125,7 +132,7 @@ unsafe impl GlobalAlloc for CachingAllocator {
         let mut evicted = Vec::new();
         if let Ok(mut cache) = CACHE.lock() {
             // Growing this vector allocates while the lock is held; that is safe because
-            // at most CACHE_LIMIT / LARGE entries fit, so it stays a small block that
+            // at most CACHE_LIMIT / LARGE + 1 entries fit, so it stays a small block that
             // goes straight to the system and never re-enters the cache.
             cache.blocks.push(Block {
                 addr: ptr as usize,
@@ -133,7 +140,8 @@ unsafe impl GlobalAlloc for CachingAllocator {
                 align: large.align(),
             });
             cache.bytes += large.size();
-            while cache.bytes > CACHE_LIMIT {
+            let limit = CACHE_LIMIT.load(Ordering::Relaxed);
+            while cache.bytes > limit {
                 let oldest = cache.blocks.remove(0);
                 cache.bytes -= oldest.size;
                 evicted.push(oldest);

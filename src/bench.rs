@@ -15,7 +15,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::augment::{Dsa, DsaParams, Family, Strategy};
 use crate::data::{Dataset, ImageShape, LabelledImages, NormKind, Prepared, Split};
-use crate::distill::{DistillConfig, Distiller};
+use crate::distill::buffer::Trajectory;
+use crate::distill::mtt::Mtt;
+use crate::distill::{DistillConfig, Distiller, Method, MttSettings, Unroll};
 use crate::error::{Error, Result};
 use crate::nets::{Arch, BnMode, Network};
 use crate::rng::Rng;
@@ -40,10 +42,16 @@ pub enum Unit {
     Dm,
     /// One HaBa-DM iteration: every view, the contrastive terms, the adversary's step.
     HabaDm,
+    /// One MTT iteration on plain images: `syn_steps` student steps over every image,
+    /// the parameter-matching loss, the gradient through all steps, the updates.
+    Mtt,
+    /// One HaBa-MTT iteration: the same with a random hallucinator per student step, plus
+    /// the contrastive terms and the adversary's step.
+    HabaMtt,
 }
 
 impl Unit {
-    pub const ALL: [Unit; 7] = [
+    pub const ALL: [Unit; 9] = [
         Unit::Dsa,
         Unit::Embed,
         Unit::TestPass,
@@ -51,6 +59,8 @@ impl Unit {
         Unit::EvalEpoch,
         Unit::Dm,
         Unit::HabaDm,
+        Unit::Mtt,
+        Unit::HabaMtt,
     ];
 
     /// Whether the unit augments: those run every DSA family once per six iterations.
@@ -67,6 +77,8 @@ impl Unit {
             Unit::EvalEpoch => "eval-epoch",
             Unit::Dm => "dm",
             Unit::HabaDm => "haba-dm",
+            Unit::Mtt => "mtt",
+            Unit::HabaMtt => "haba-mtt",
         }
     }
 }
@@ -112,6 +124,9 @@ pub struct BenchSettings {
     pub hallucinators: usize,
     /// Every network: the embedder, the classifier, the evaluation network.
     pub model: Arch,
+    /// Student steps per MTT iteration, and how their gradient is computed.
+    pub syn_steps: usize,
+    pub unroll: Unroll,
     /// Untimed iterations first (kernel compilation, allocator warm-up).
     pub warmup: usize,
     pub iters: usize,
@@ -136,6 +151,8 @@ impl BenchSettings {
             batch: 256,
             hallucinators: 5,
             model: Arch::default(),
+            syn_steps: 10,
+            unroll: Unroll::Graph,
             warmup: 1,
             iters: 6,
         }
@@ -203,6 +220,7 @@ impl BenchSettings {
             ("batch_real", self.batch_real),
             ("batch", self.batch),
             ("test_size", self.test_size),
+            ("syn_steps", self.syn_steps),
             ("iters", self.iters),
         ];
         for (name, v) in positive {
@@ -410,6 +428,59 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
                         ..DistillConfig::default()
                     };
                     Distiller::new(cfg, &data)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Box::new(move |i| {
+                let k = i % distillers.len();
+                distillers[k].step(&data)?;
+                sync(distillers[k].factorization.bases.clone());
+                Ok(())
+            })
+        }
+        Unit::Mtt | Unit::HabaMtt => {
+            let data = random_prepared(&mut rng, s, device)?;
+            let haba = unit == Unit::HabaMtt;
+            // A made-up expert: the default init, and a target 0.01 away per parameter.
+            let start: Vec<f32> = net
+                .init(&mut rng, device)
+                .try_to_vec_as::<f32>()
+                .map_err(|e| Error::Device(format!("reading parameters back: {e}")))?;
+            let target = start.iter().map(|v| v + 0.01 * rng.normal()).collect();
+            let expert = Trajectory::new(s.model, &data, 0, vec![start, target])?;
+            let mtt = MttSettings {
+                syn_steps: s.syn_steps,
+                expert_epochs: 1,
+                max_start_epoch: 1,
+                lr_teacher: 0.01,
+                lr_lr: 1e-5,
+                momentum_lr: if haba { 0.9 } else { 0.5 },
+                batch_syn: 0,
+                unroll: s.unroll,
+                ..MttSettings::default()
+            };
+            let (lr, momentum) = if haba { (100.0, 0.95) } else { (1000.0, 0.5) };
+            let mut distillers = Family::ALL
+                .iter()
+                .map(|family| {
+                    let cfg = DistillConfig {
+                        method: Method::Mtt,
+                        haba,
+                        ipc: s.ipc,
+                        hallucinators: s.hallucinators,
+                        lr_bases: lr,
+                        momentum_bases: momentum,
+                        lr_hallucinators: lr,
+                        momentum_hallucinators: momentum,
+                        mtt: MttSettings {
+                            buffer: "(in memory)".into(),
+                            ..mtt.clone()
+                        },
+                        dsa: family.name().into(),
+                        seed,
+                        ..DistillConfig::default()
+                    };
+                    let objective = Mtt::with_experts(&mtt, vec![expert.clone()], &data)?;
+                    Distiller::with_objective(cfg, &data, Box::new(objective))
                 })
                 .collect::<Result<Vec<_>>>()?;
             Box::new(move |i| {

@@ -10,6 +10,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use haba::bench::{BenchSettings, Measurement, Unit, median};
 use haba::device::BackendKind;
+use haba::distill::Unroll;
 use serde::{Deserialize, Serialize};
 
 use super::Common;
@@ -27,7 +28,7 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Units to run, comma-separated (default all): dsa, embed, test-pass, train-step,
-    /// eval-epoch, dm, haba-dm.
+    /// eval-epoch, dm, haba-dm, mtt, haba-mtt.
     #[arg(long, value_delimiter = ',')]
     pub units: Vec<String>,
     /// Timed iterations per augmenting unit (default 6: each DSA family once); a third as
@@ -47,9 +48,23 @@ pub struct Args {
     /// Where the results go as JSON.
     #[arg(long, default_value = "bench.json")]
     pub json: PathBuf,
+    /// Student steps per MTT iteration (mtt, haba-mtt).
+    #[arg(long, default_value_t = 10)]
+    pub syn_steps: usize,
+    /// How MTT's gradient is computed: graph (as the reference) or recompute.
+    #[arg(long, default_value = "graph")]
+    pub unroll: Unroll,
+    /// Time and peak memory of MTT against syn_steps instead: each listed count (e.g.
+    /// 10,20,40,80) with both unrolls, beside PyTorch's graph, for the first MTT unit of
+    /// --units (default haba-mtt).
+    #[arg(long, value_delimiter = ',')]
+    pub mtt_sweep: Vec<usize>,
     /// Internal: measure this one unit and print it as JSON (what each child process does).
     #[arg(long, hide = true)]
     pub one: Option<String>,
+    /// Internal: keep no freed memory for reuse, so the peak is the tensors' own.
+    #[arg(long, hide = true)]
+    pub no_alloc_cache: bool,
 }
 
 /// What the PyTorch script prints for one unit.
@@ -93,6 +108,8 @@ fn settings(args: &Args) -> anyhow::Result<BenchSettings> {
     }
     s.iters = args.iters.unwrap_or(s.iters);
     s.warmup = args.warmup.unwrap_or(s.warmup);
+    s.syn_steps = args.syn_steps;
+    s.unroll = args.unroll;
     s.validate().context("check --iters")?;
     Ok(s)
 }
@@ -101,6 +118,9 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
     let s = settings(&args)?;
     if let Some(unit) = &args.one {
         let unit: Unit = unit.parse()?;
+        if args.no_alloc_cache {
+            haba::alloc::set_cache_limit(0);
+        }
         let device = common.device()?;
         let m = haba::bench::measure(unit, &s, &device.device, common.seed())
             .with_context(|| format!("benchmark unit {unit}"))?;
@@ -132,6 +152,15 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         s.dataset, s.model, s.ipc, s.batch, s.batch_real, s.iters, s.warmup
     );
 
+    if !args.mtt_sweep.is_empty() {
+        let unit = units
+            .iter()
+            .copied()
+            .find(|u| matches!(u, Unit::Mtt | Unit::HabaMtt))
+            .unwrap_or(Unit::HabaMtt);
+        let torch = python.as_deref().map(|p| (p, threads, torch_device));
+        return sweep(common, &args, s, unit, torch);
+    }
     let bar = super::progress_bar(units.len() as u64, "bench");
     let mut rows = Vec::new();
     for unit in units {
@@ -184,6 +213,86 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One row of `--mtt-sweep`.
+#[derive(Debug, Serialize)]
+struct SweepRow {
+    syn_steps: usize,
+    graph: Measurement,
+    recompute: Measurement,
+    torch: Option<TorchMeasurement>,
+}
+
+/// MTT's time and peak memory against syn_steps, both unrolls and PyTorch's graph.
+fn sweep(
+    common: &Common,
+    args: &Args,
+    s: BenchSettings,
+    unit: Unit,
+    torch: Option<(&str, usize, &str)>,
+) -> anyhow::Result<()> {
+    let bar = super::progress_bar(args.mtt_sweep.len() as u64, "mtt-sweep");
+    let mut rows = Vec::new();
+    for &n in &args.mtt_sweep {
+        let at = |unroll| BenchSettings {
+            syn_steps: n,
+            unroll,
+            ..s.clone()
+        };
+        bar.set_message(format!("{unit}, {n} steps"));
+        let graph = run_child(common, args, &at(Unroll::Graph), unit)?;
+        let recompute = run_child(common, args, &at(Unroll::Recompute), unit)?;
+        let torch = match torch {
+            Some((p, threads, device)) => {
+                run_torch(p, &at(Unroll::Graph), unit, threads, device, common.seed())
+                    .map_err(|e| bar.suspend(|| eprintln!("PyTorch side failed: {e:#}")))
+                    .ok()
+            }
+            None => None,
+        };
+        rows.push(SweepRow {
+            syn_steps: n,
+            graph,
+            recompute,
+            torch,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "{unit}: seconds per iteration and peak memory (MB) against syn_steps ({}, {}, ipc {})",
+        s.dataset, s.model, s.ipc
+    );
+    println!(
+        "{:>9} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}",
+        "syn_steps", "graph s", "graph MB", "recompute s", "recompute MB", "torch s", "torch MB"
+    );
+    let mb = |m: &Measurement| megabytes(m.peak_device_bytes.or(m.peak_rss_bytes));
+    for r in &rows {
+        let (ts, tm) = r.torch.as_ref().map_or(("-".into(), "-".into()), |t| {
+            (
+                format!("{:.3}", median(&t.seconds)),
+                megabytes(t.peak_device_bytes.or(t.peak_rss_bytes)),
+            )
+        });
+        println!(
+            "{:>9} {:>10.3} {:>10} {:>12.3} {:>12} {ts:>10} {tm:>10}",
+            r.syn_steps,
+            r.graph.median(),
+            mb(&r.graph),
+            r.recompute.median(),
+            mb(&r.recompute),
+        );
+    }
+    println!(
+        "torch: PyTorch with one graph over every step, as the reference. haba's peaks are \
+         measured without its allocator cache, so they are the tensors' own."
+    );
+    std::fs::write(&args.json, serde_json::to_string_pretty(&rows)?)
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    eprintln!("wrote {}", args.json.display());
+    Ok(())
+}
+
 /// Measures one unit in a child process of this same binary.
 fn run_child(
     common: &Common,
@@ -198,10 +307,15 @@ fn run_child(
         .args(["--iters", &s.iters.to_string()])
         .args(["--warmup", &s.warmup.to_string()])
         .args(["--model", &s.model.to_string()])
+        .args(["--syn-steps", &s.syn_steps.to_string()])
+        .args(["--unroll", &s.unroll.to_string()])
         .args(["--device", &common.device.to_string()])
         .args(["--seed", &common.seed().to_string()]);
     if args.quick {
         cmd.arg("--quick");
+    }
+    if !args.mtt_sweep.is_empty() {
+        cmd.arg("--no-alloc-cache");
     }
     if let Some(dir) = &common.data_dir {
         cmd.arg("--data-dir").arg(dir);
@@ -276,6 +390,7 @@ fn run_torch(
         .args(["--threads", &num(threads)])
         .args(["--device", device])
         .args(["--seed", &seed.to_string()])
+        .args(["--syn-steps", &num(s.syn_steps)])
         .output()
         .with_context(|| format!("starting {python}"))?;
     if !out.status.success() {

@@ -170,6 +170,32 @@ pub struct Trajectory {
 }
 
 impl Trajectory {
+    /// A trajectory of `model` on `data` from given epochs (benchmarks, tests): trained
+    /// with the default expert settings as far as the metadata says.
+    pub fn new(model: Arch, data: &Prepared, index: usize, epochs: Vec<Vec<f32>>) -> Result<Self> {
+        let net = Network::new(&model, data.shape, data.classes)?;
+        if epochs.is_empty() || epochs.iter().any(|e| e.len() != net.num_params()) {
+            return Err(Error::Config(format!(
+                "a trajectory of {model} needs at least one epoch of {} parameters",
+                net.num_params()
+            )));
+        }
+        Ok(Self {
+            meta: ExpertMeta {
+                format_version: FORMAT_VERSION,
+                index,
+                key: BufferKey::of("", NormKind::MeanStd, data, model),
+                settings: ExpertSettings {
+                    model,
+                    epochs: epochs.len() - 1,
+                    ..ExpertSettings::default()
+                },
+                layout: layout(&net),
+            },
+            epochs,
+        })
+    }
+
     /// The parameters after `epoch` epochs, on `device`.
     pub fn params(&self, epoch: usize, device: &Device) -> Tensor<1> {
         let v = self.epochs[epoch].clone();
@@ -307,11 +333,7 @@ pub fn train_expert(
         )?;
         epochs.push(host(&params)?);
     }
-    let layout = net
-        .params()
-        .iter()
-        .map(|e| (e.name.clone(), e.shape.clone()))
-        .collect();
+    let layout = layout(&net);
     Ok(Trajectory {
         meta: ExpertMeta {
             format_version: FORMAT_VERSION,
@@ -322,6 +344,14 @@ pub fn train_expert(
         },
         epochs,
     })
+}
+
+/// The names and shapes of `net`'s flat parameters.
+fn layout(net: &Network) -> Vec<(String, Vec<usize>)> {
+    net.params()
+        .iter()
+        .map(|e| (e.name.clone(), e.shape.clone()))
+        .collect()
 }
 
 /// Writes one expert's file atomically (a killed run never leaves half an expert).

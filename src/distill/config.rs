@@ -104,6 +104,15 @@ pub enum Unroll {
     Recompute,
 }
 
+impl std::fmt::Display for Unroll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unroll::Graph => "graph",
+            Unroll::Recompute => "recompute",
+        })
+    }
+}
+
 impl std::str::FromStr for Unroll {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

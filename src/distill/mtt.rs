@@ -318,7 +318,6 @@ mod tests {
     use super::*;
     use crate::augment::Dsa;
     use crate::data::{ImageShape, LabelledImages, Normalization};
-    use crate::distill::buffer::{ExpertMeta, ExpertSettings};
     use crate::haba::HallucinatorShape;
     use crate::nets::{Act, Arch, ConvNetConfig, Norm, Pool};
 
@@ -370,17 +369,6 @@ mod tests {
             .try_to_vec()
             .unwrap();
         let end: Vec<f32> = start.iter().map(|v| v + 0.05 * rng.normal()).collect();
-        let meta = ExpertMeta {
-            format_version: 1,
-            index: 0,
-            key: BufferKey::of("test", crate::data::NormKind::MeanStd, &data, model),
-            settings: ExpertSettings {
-                model,
-                epochs: 1,
-                ..ExpertSettings::default()
-            },
-            layout: Vec::new(),
-        };
         let settings = MttSettings {
             syn_steps: 3,
             expert_epochs: 1,
@@ -390,10 +378,7 @@ mod tests {
             unroll,
             ..MttSettings::default()
         };
-        let expert = Trajectory {
-            meta,
-            epochs: vec![start, end],
-        };
+        let expert = Trajectory::new(model, &data, 0, vec![start, end]).unwrap();
         let mtt = Mtt::with_experts(&settings, vec![expert], &data).unwrap();
         (data, mtt, crate::eval::dsa_from_name("color_crop").unwrap())
     }
