@@ -292,17 +292,9 @@ pub fn measure(
     Ok(Measurement {
         unit,
         seconds,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: crate::device::peak_rss_bytes(),
         peak_device_bytes: peak_device,
     })
-}
-
-/// The process's peak resident set (`VmHWM`), where the system reports it.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 type Step = Box<dyn FnMut(usize) -> Result<()>>;

@@ -48,6 +48,9 @@ pub struct Args {
     /// Where the results go as JSON.
     #[arg(long, default_value = "bench.json")]
     pub json: PathBuf,
+    /// Synthetic images (or bases) per class (default 10).
+    #[arg(long)]
+    pub ipc: Option<usize>,
     /// Student steps per MTT iteration (mtt, haba-mtt).
     #[arg(long, default_value_t = 10)]
     pub syn_steps: usize,
@@ -108,6 +111,7 @@ fn settings(args: &Args) -> anyhow::Result<BenchSettings> {
     }
     s.iters = args.iters.unwrap_or(s.iters);
     s.warmup = args.warmup.unwrap_or(s.warmup);
+    s.ipc = args.ipc.unwrap_or(s.ipc);
     s.syn_steps = args.syn_steps;
     s.unroll = args.unroll;
     s.validate().context("check --iters")?;
@@ -307,6 +311,7 @@ fn run_child(
         .args(["--iters", &s.iters.to_string()])
         .args(["--warmup", &s.warmup.to_string()])
         .args(["--model", &s.model.to_string()])
+        .args(["--ipc", &s.ipc.to_string()])
         .args(["--syn-steps", &s.syn_steps.to_string()])
         .args(["--unroll", &s.unroll.to_string()])
         .args(["--device", &common.device.to_string()])

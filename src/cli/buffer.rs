@@ -2,10 +2,10 @@
 //! shards that many machines can share.
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use haba::data::{NormKind, Prepared};
+use haba::data::{LabelledImages, NormKind, Prepared};
 use haba::distill::buffer::{
     BufferKey, ExpertSettings, Trajectory, expert_path, train_expert, write_expert,
 };
@@ -99,35 +99,13 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         dsa: args.dsa.clone(),
         seed: common.seed(),
     };
-    // A finished expert is one whole file (written atomically); an interrupted run
-    // starts again at the first expert without one.
-    let todo: Vec<usize> = args
-        .experts
-        .clone()
-        .filter(|&i| !finished(&args, i, &key, &settings))
-        .collect();
-    let done = args.experts.len() - todo.len();
-    if done > 0 {
-        eprintln!(
-            "{done} expert(s) already in {}: skipped",
-            args.out.display()
-        );
-    }
-    let bar = super::progress_bar((todo.len() * args.epochs) as u64, "experts");
-    for (k, &i) in todo.iter().enumerate() {
-        let t = train_expert(&key, &settings, i, &prepared.train, &mut |epoch, loss| {
-            bar.inc(1);
-            bar.set_message(format!(
-                "expert {i} ({} of {}) epoch {} loss {loss:.3}",
-                k + 1,
-                todo.len(),
-                epoch + 1
-            ));
-        })
-        .with_context(|| format!("training expert {i}"))?;
-        write_expert(&args.out, &t)?;
-    }
-    bar.finish_and_clear();
+    train_missing(
+        &args.out,
+        &key,
+        &settings,
+        args.experts.clone(),
+        &prepared.train,
+    )?;
     println!(
         "{} expert(s) of {} on {} ({} epochs) in {}",
         args.experts.len(),
@@ -139,10 +117,46 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Trains the experts of `range` that `dir` lacks, with one progress bar. A finished
+/// expert is one whole file (written atomically), so an interrupted run starts again at
+/// the first expert without one.
+pub fn train_missing(
+    dir: &Path,
+    key: &BufferKey,
+    settings: &ExpertSettings,
+    range: Range<usize>,
+    train_set: &LabelledImages,
+) -> anyhow::Result<()> {
+    let todo: Vec<usize> = range
+        .clone()
+        .filter(|&i| !finished(dir, i, key, settings))
+        .collect();
+    let done = range.len() - todo.len();
+    if done > 0 {
+        eprintln!("{done} expert(s) already in {}: skipped", dir.display());
+    }
+    let bar = super::progress_bar((todo.len() * settings.epochs) as u64, "experts");
+    for (k, &i) in todo.iter().enumerate() {
+        let t = train_expert(key, settings, i, train_set, &mut |epoch, loss| {
+            bar.inc(1);
+            bar.set_message(format!(
+                "expert {i} ({} of {}) epoch {} loss {loss:.3}",
+                k + 1,
+                todo.len(),
+                epoch + 1
+            ));
+        })
+        .with_context(|| format!("training expert {i}"))?;
+        write_expert(dir, &t)?;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
 /// Whether expert `i` is on disk with these settings (a damaged or foreign file is
 /// trained again, with a word).
-fn finished(args: &Args, i: usize, key: &BufferKey, settings: &ExpertSettings) -> bool {
-    let path = expert_path(&args.out, i);
+fn finished(dir: &Path, i: usize, key: &BufferKey, settings: &ExpertSettings) -> bool {
+    let path = expert_path(dir, i);
     let Ok(bytes) = std::fs::read(&path) else {
         return false;
     };

@@ -1,12 +1,15 @@
 //! The main job, run by `haba` with no command: HaBa-DM on Fashion-MNIST (the embedded
-//! subset, or the full dataset when one is found), evaluated beside plain DM and random
-//! real images at equal storage, in one table. Sized to finish in minutes on a CPU.
+//! subset, or the full dataset when one is found), evaluated beside plain DM, HaBa-MTT and
+//! plain MTT (over a small expert buffer it trains once and keeps) and random real images
+//! at equal storage, in one table. Sized to finish in minutes on a CPU.
 
 use haba::data::{Prepared, subset};
+use haba::distill::buffer::{BufferKey, ExpertSettings};
 use haba::distill::run::{RunDir, eval_config};
 use haba::distill::{DistillConfig, Distiller};
 use haba::eval::EvalResult;
 use haba::haba::Storage;
+use haba::nets::Arch;
 use haba::rng::Rng;
 
 use super::Common;
@@ -23,8 +26,9 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
     let prepared = Prepared::new(&dataset, cfg.preprocess, &selected.device)?;
     let run = RunDir::new(super::distill::fresh_run_dir(&cfg))?;
     eprintln!(
-        "main job: {} on {} at the storage of {} images per class, then DM and random real \
-         images at the same storage; {} x {} for {} epochs evaluate each. Run directory: {}",
+        "main job: {} on {} at the storage of {} images per class, then DM, HaBa-MTT, MTT \
+         and random real images at the same storage; {} x {} for {} epochs evaluate each. \
+         Run directory: {}",
         cfg.label(),
         dataset.name,
         cfg.ipc,
@@ -52,6 +56,46 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
     let mut dm = Distiller::new(dm_cfg, &prepared)?;
     let dm_result = super::distill::run_with_bar(&mut dm, &prepared, &dataset, &dm_run)?;
     rows.push(("DM".to_string(), dm.storage(), dm_result));
+
+    // Trajectory matching over a small buffer, trained once and kept beside the runs.
+    let mut mtt_cfg = DistillConfig::preset("quick-mtt")?;
+    mtt_cfg.seed = cfg.seed;
+    mtt_cfg.dataset = cfg.dataset.clone();
+    let model: Arch = "ConvNetW32".parse()?;
+    let dir = std::path::Path::new("runs").join(format!(
+        "main-job-buffer-{}-{model}-{}",
+        mtt_cfg.dataset, mtt_cfg.preprocess
+    ));
+    let key = BufferKey::of(&mtt_cfg.dataset, mtt_cfg.preprocess, &prepared, model);
+    let experts = ExpertSettings {
+        model,
+        epochs: 3,
+        seed: cfg.seed,
+        ..ExpertSettings::default()
+    };
+    // Experts see 200 real images per class: enough for a trajectory to match, in seconds.
+    let mut rng = Rng::new(cfg.seed);
+    let classes = dataset.classes.len();
+    let idx = subset::random_per_class(&dataset.train.labels, classes, 200, &mut rng)?;
+    eprintln!(
+        "expert trajectories for MTT (2 x {model}, 3 epochs on {} real images) in {}:",
+        idx.len(),
+        dir.display()
+    );
+    super::buffer::train_missing(&dir, &key, &experts, 0..2, &prepared.train_subset(&idx))?;
+    mtt_cfg.mtt.buffer = dir.to_string_lossy().into_owned();
+    for haba in [true, false] {
+        let c = DistillConfig {
+            haba,
+            budget_equal: haba,
+            ..mtt_cfg.clone()
+        };
+        let sub = RunDir::new(run.path.join(format!("baseline-{}", c.label())))?;
+        let mut d = Distiller::new(c, &prepared)?;
+        let result = super::distill::run_with_bar(&mut d, &prepared, &dataset, &sub)?;
+        let name = if haba { "HaBa-MTT" } else { "MTT" };
+        rows.push((name.to_string(), d.storage(), result));
+    }
 
     let mut rng = Rng::new(cfg.seed);
     let classes = dataset.classes.len();

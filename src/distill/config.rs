@@ -274,6 +274,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         "the main job: HaBa-DM on the embedded Fashion-MNIST subset, minutes on a CPU",
     ),
     (
+        "quick-mtt",
+        "the main job's HaBa-MTT: the quick settings over a small expert buffer (needs --buffer)",
+    ),
+    (
         "dm-cifar10",
         "DM's official CIFAR-10 settings (20k iterations, lr 1, momentum 0.5), with HaBa",
     ),
@@ -367,6 +371,25 @@ impl DistillConfig {
                 },
                 checkpoint_every: 100,
                 ..base
+            },
+            "quick-mtt" => Self {
+                method: Method::Mtt,
+                iterations: 60,
+                checkpoint_every: 20,
+                lr_bases: 100.0,
+                momentum_bases: 0.95,
+                lr_hallucinators: 100.0,
+                momentum_hallucinators: 0.95,
+                mtt: MttSettings {
+                    syn_steps: 10,
+                    expert_epochs: 1,
+                    max_start_epoch: 2,
+                    lr_teacher: 0.01,
+                    lr_lr: 1e-5,
+                    momentum_lr: 0.9,
+                    ..MttSettings::default()
+                },
+                ..Self::preset("quick")?
             },
             "dm-cifar10" => Self {
                 dataset: "cifar10".into(),

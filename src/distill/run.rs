@@ -97,7 +97,13 @@ struct StepRecord {
     iteration: usize,
     #[serde(flatten)]
     losses: Losses,
+    /// Since the loop (re)started.
     seconds: f64,
+    /// This iteration alone.
+    seconds_per_iteration: f64,
+    /// Device memory reserved, or the process's peak resident memory on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_bytes: Option<u64>,
 }
 
 #[derive(serde::Serialize)]
@@ -236,13 +242,17 @@ pub fn distill(
         });
         Ok(result)
     };
+    let device = data.train.images.device();
     while d.iteration < total {
+        let began = std::time::Instant::now();
         let losses = d.step(data)?;
         let iteration = d.iteration;
         metrics.log(&StepRecord {
             iteration,
             losses,
             seconds: start.elapsed().as_secs_f64(),
+            seconds_per_iteration: began.elapsed().as_secs_f64(),
+            memory_bytes: crate::device::memory_bytes(&device),
         })?;
         on_event(Event::Step {
             iteration,

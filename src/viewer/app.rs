@@ -544,8 +544,9 @@ impl App {
         if let Some(s) = c.seconds {
             ui.label(format!("{} logged iterations, {s:.0} s", c.objective.len()));
         }
-        let height = (ui.available_height() / 3.0 - 20.0).max(120.0);
-        ui.label("objective (distribution matching loss)");
+        let plots = if c.lr.is_empty() { 3.0 } else { 4.0 };
+        let height = (ui.available_height() / plots - 20.0).max(120.0);
+        ui.label("objective (the base method's loss)");
         Plot::new("objective")
             .height(height)
             .legend(Legend::default())
@@ -568,6 +569,13 @@ impl App {
                 p.line(Line::new("accuracy", c.accuracy.clone()));
                 p.points(Points::new("evaluations", c.accuracy.clone()).radius(3.0));
             });
+        if !c.lr.is_empty() {
+            ui.label("learned learning rate α (MTT)");
+            Plot::new("lr")
+                .height(height)
+                .legend(Legend::default())
+                .show(ui, |p| p.line(Line::new("α", c.lr.clone())));
+        }
     }
 
     fn report_view(&mut self, ui: &mut egui::Ui) {

@@ -76,6 +76,8 @@ pub struct Curves {
     pub objective: Vec<[f64; 2]>,
     pub diversity: Vec<[f64; 2]>,
     pub adversary: Vec<[f64; 2]>,
+    /// The learned learning rate α (MTT).
+    pub lr: Vec<[f64; 2]>,
     /// Mean evaluation accuracy.
     pub accuracy: Vec<[f64; 2]>,
     /// Its standard deviation over the evaluated networks, per point of `accuracy`.
@@ -109,6 +111,7 @@ impl Curves {
                 ("objective", &mut c.objective),
                 ("diversity", &mut c.diversity),
                 ("adversary", &mut c.adversary),
+                ("lr", &mut c.lr),
             ] {
                 if let Some(x) = num(key).filter(|x| x.is_finite()) {
                     series.push([it, x]);
@@ -407,11 +410,12 @@ mod tests {
     #[test]
     fn metrics_parse_losses_and_evaluations_and_skip_partial_lines() {
         let text = r#"{"iteration":1,"objective":10.5,"diversity":0.1,"adversary":2.0,"seconds":1.0}
-{"iteration":2,"objective":8.0,"diversity":0.2,"adversary":1.5,"seconds":2.0}
+{"iteration":2,"objective":8.0,"diversity":0.2,"adversary":1.5,"lr":0.01,"seconds":2.0}
 {"iteration":2,"eval":{"accuracies":[0.5,0.7],"mean":0.6,"std":0.1}}
 {"iteration":3,"objec"#;
         let c = Curves::parse(text);
         assert_eq!(c.objective, vec![[1.0, 10.5], [2.0, 8.0]]);
+        assert_eq!(c.lr, vec![[2.0, 0.01]]);
         assert_eq!(c.adversary.len(), 2);
         assert_eq!(c.accuracy, vec![[2.0, 0.6]]);
         assert_eq!(c.accuracy_std, vec![0.1]);
