@@ -200,7 +200,6 @@ fn distill_writes_a_run_directory_that_eval_export_and_resume_read() {
         "report.json",
         "config.toml",
         "checkpoint.safetensors",
-        "checkpoint.json",
     ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
@@ -254,5 +253,96 @@ fn distill_writes_a_run_directory_that_eval_export_and_resume_read() {
     assert_eq!(
         before,
         std::fs::read(run.join("distilled.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn buffer_then_mtt_distill_then_eval_with_the_learned_rate() {
+    let dir = temp_dir("mtt");
+    let buffer = dir.join("buffer");
+    let (buffer_s, run) = (buffer.to_str().unwrap(), dir.join("run"));
+    let common = ["--device", "cpu", "--seed", "1"];
+    let make = |experts: &str| {
+        let args = [
+            "buffer",
+            "--dataset",
+            "embedded",
+            "--preprocess",
+            "meanstd",
+            "--model",
+            "ConvNetD2W8",
+            "--experts",
+            experts,
+            "--epochs",
+            "2",
+            "--out",
+            buffer_s,
+        ];
+        haba(&[&args[..], &common[..]].concat(), &dir)
+    };
+    // Two shards into one directory; the second skips the expert the first made.
+    for (experts, skipped) in [("0..1", false), ("2", true)] {
+        let out = make(experts);
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        assert_eq!(t.contains("1 expert(s) already"), skipped, "{t}");
+    }
+    assert!(buffer.join("expert-00001.safetensors").is_file());
+    let distill = [
+        "distill",
+        "--method",
+        "mtt",
+        "--buffer",
+        buffer_s,
+        "--dataset",
+        "embedded",
+        "--preprocess",
+        "meanstd",
+        "--ipc",
+        "1",
+        "--iterations",
+        "2",
+        "--syn-steps",
+        "2",
+        "--expert-epochs",
+        "1",
+        "--max-start-epoch",
+        "2",
+        "--unroll",
+        "recompute",
+        "--eval-nets",
+        "1",
+        "--eval-epochs",
+        "2",
+        "--eval-model",
+        "ConvNetD2W8",
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    let out = haba(&[&distill[..], &common[..]].concat(), &dir);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["method"], "haba-mtt");
+    let lr = report["learned_lr"].as_f64().unwrap();
+    assert!(lr >= 0.001 && lr != 0.01, "{lr}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains("\"lr\":") && metrics.contains("\"memory_bytes\":"),
+        "{metrics}"
+    );
+
+    // The wrong preprocessing is refused, naming what differs.
+    let bad = dir.join("bad");
+    let mut zca = distill[..distill.len() - 2].to_vec();
+    assert_eq!(zca[8], "meanstd");
+    zca[8] = "zca";
+    zca.extend(["--out", bad.to_str().unwrap()]);
+    let out = haba(&[&zca[..], &common[..]].concat(), &dir);
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("preprocessing: buffer meanstd, run zca"),
+        "{t}"
     );
 }

@@ -199,11 +199,6 @@ impl Adversary {
         &self.params
     }
 
-    /// The momentum buffer, for checkpoints (`None` before the first step).
-    pub fn velocity(&self) -> Option<&Tensor<1>> {
-        self.state.velocity.as_ref()
-    }
-
     /// Puts the parameters and momentum into a checkpoint.
     pub fn save(&self, ck: &mut Checkpoint) {
         ck.put("adversary.params", &self.params);

@@ -85,13 +85,12 @@ impl Mtt {
         let student = Network::new(&model, data.shape, data.classes)?;
         check_student(&student)?;
         let epochs = first.meta.settings.epochs;
-        if s.max_start_epoch - 1 + s.expert_epochs > epochs {
+        let needed = s.max_start_epoch.max(1) - 1 + s.expert_epochs;
+        if needed > epochs {
             return Err(Error::Config(format!(
-                "mtt.max_start_epoch {} and mtt.expert_epochs {} need experts of at least {} \
-                 epochs; the buffer's have {epochs}",
-                s.max_start_epoch,
-                s.expert_epochs,
-                s.max_start_epoch - 1 + s.expert_epochs
+                "mtt.max_start_epoch {} and mtt.expert_epochs {} need experts of at least \
+                 {needed} epochs; the buffer's have {epochs}",
+                s.max_start_epoch, s.expert_epochs,
             )));
         }
         if first.epochs[0].len() != student.num_params() {
@@ -273,7 +272,7 @@ impl Objective for Mtt {
     fn loss(&mut self, syn: &Synthetic<'_>, _data: &Prepared, rng: &mut Rng) -> Result<Tensor<1>> {
         let device = syn.fact.bases.device();
         let expert = &self.experts[rng.below(self.experts.len())];
-        let t = rng.below(self.settings.max_start_epoch);
+        let t = rng.below(self.settings.max_start_epoch.max(1));
         let start = expert.params(t, &device);
         let target = expert.params(t + self.settings.expert_epochs, &device);
         let draws = self.draws(syn.fact.len(), syn.hallucinators(), rng);
