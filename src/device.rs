@@ -230,6 +230,23 @@ fn cuda() -> Result<Selected> {
     ))
 }
 
+/// The process's peak resident set (`VmHWM`), where the system reports it (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The memory a run holds: what a GPU's allocator has reserved, or on the CPU backend the
+/// process's peak resident memory.
+pub fn memory_bytes(device: &Device) -> Option<u64> {
+    device
+        .memory_pool_usage()
+        .map(|u| u.bytes_reserved)
+        .or_else(peak_rss_bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,21 +276,4 @@ mod tests {
         let err = select(DeviceChoice::Cuda, 0).unwrap_err().to_string();
         assert!(err.contains("--features cuda"), "{err}");
     }
-}
-
-/// The process's peak resident set (`VmHWM`), where the system reports it (Linux).
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// The memory a run holds: what a GPU's allocator has reserved, or on the CPU backend the
-/// process's peak resident memory.
-pub fn memory_bytes(device: &Device) -> Option<u64> {
-    device
-        .memory_pool_usage()
-        .map(|u| u.bytes_reserved)
-        .or_else(peak_rss_bytes)
 }

@@ -95,7 +95,7 @@ mod tests {
         let next = descend(p.clone(), g, &lr);
         let grads = (next.square().sum() / 2.0).backward();
         let after = [1.0 - 0.05, 2.0 + 0.1];
-        let dlr = -(after[0] * 0.5 + after[1] * -1.0);
+        let dlr = -(after[0] * 0.5 - after[1]);
         let got = lr
             .grad(&grads)
             .unwrap()
