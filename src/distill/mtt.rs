@@ -337,7 +337,11 @@ mod tests {
     /// Three classes of 8x8 two-channel images, a smooth student (sigmoid, so finite
     /// differences see no kinks) and one made-up expert trajectory.
     fn setup(unroll: Unroll) -> (Prepared, Mtt, Dsa) {
-        let device = Device::flex();
+        setup_on(unroll, &Device::flex())
+    }
+
+    fn setup_on(unroll: Unroll, device: &Device) -> (Prepared, Mtt, Dsa) {
+        let device = device.clone();
         let mut rng = Rng::new(5);
         let images = tensor(randn(&mut rng, 6 * 128), [6, 2, 8, 8], &device);
         let split = LabelledImages {
@@ -520,6 +524,54 @@ mod tests {
             }
             same(&[a.3], &[b.3], "learning rate");
         }
+    }
+
+    /// HaBa-MTT's gradient on wgpu (hallucinators through our WGSL kernel, the student's
+    /// hand-written backward through Burn's wgpu kernels) against the CPU backend.
+    #[test]
+    fn wgpu_gives_the_cpu_gradient() {
+        let Some(gpu) = crate::device::gpu_for_tests() else {
+            return;
+        };
+        let fact = factorization(true);
+        let on_gpu = Factorization {
+            bases: fact.bases.clone().to_device(&gpu),
+            labels: fact.labels.clone(),
+            hallucinators: fact.hallucinators.as_ref().map(|h| Hallucinators {
+                shape: h.shape,
+                params: h.params.clone().to_device(&gpu),
+            }),
+        };
+        let none = Dsa::none();
+        let (data, mut cpu, _) = setup(Unroll::Graph);
+        let (gpu_data, mut wgpu, _) = setup_on(Unroll::Graph, &gpu);
+        let want = run(&mut cpu, &data, &none, &fact, 0.5);
+        let got = run(&mut wgpu, &gpu_data, &none, &on_gpu, 0.5);
+        assert!(
+            (got.0 - want.0).abs() <= 1e-4 * want.0.abs(),
+            "{} vs {}",
+            got.0,
+            want.0
+        );
+        for (g, w, what) in [
+            (&got.1, &want.1, "bases"),
+            (
+                got.2.as_ref().unwrap(),
+                want.2.as_ref().unwrap(),
+                "hallucinators",
+            ),
+        ] {
+            let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in g.iter().zip(w).enumerate() {
+                assert!((a - b).abs() <= 1e-3 * scale, "{what}[{i}]: {a} vs {b}");
+            }
+        }
+        assert!(
+            (got.3 - want.3).abs() <= 1e-3 * want.3.abs(),
+            "lr: {} vs {}",
+            got.3,
+            want.3
+        );
     }
 
     #[test]
