@@ -219,6 +219,23 @@ pub struct MetricsLog {
     path: PathBuf,
 }
 
+/// Keeps only the records of `text` (a `metrics.jsonl`) up to `iteration`: what a run
+/// resumed from its checkpoint at `iteration` logs again must not appear twice. Lines that
+/// are not whole records (a crash mid-write) are dropped too.
+pub fn metrics_up_to(text: &str, iteration: usize) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let it = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("iteration").and_then(|i| i.as_u64()));
+        if it.is_some_and(|i| i as usize <= iteration) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 impl MetricsLog {
     /// Opens `path` for appending, creating it if needed. A last line cut short by a crash
     /// is ended first, so the next record starts on a line of its own.

@@ -35,6 +35,8 @@ pub struct Args {
     /// Learn plain images (the base method without HaBa).
     #[arg(long)]
     pub no_haba: bool,
+    /// Dataset name (see `haba datasets`), a class-per-folder image tree, or `embedded`
+    /// (default: embedded).
     #[arg(long)]
     pub dataset: Option<String>,
     /// Bases per class with HaBa, images per class without.
@@ -43,6 +45,7 @@ pub struct Args {
     /// Size HaBa's bases so its total floats do not exceed the plain method's at --ipc.
     #[arg(long)]
     pub budget_equal: bool,
+    /// HaBa's hallucinator networks, shared by all classes (5).
     #[arg(long)]
     pub hallucinators: Option<usize>,
     /// Hallucinator encoder/decoder kernel size.
@@ -61,10 +64,13 @@ pub struct Args {
     /// meanstd, zca or zca:EPS.
     #[arg(long)]
     pub preprocess: Option<NormKind>,
+    /// Distillation iterations (20,000; MTT presets 15,000).
     #[arg(long)]
     pub iterations: Option<usize>,
+    /// SGD learning rate of the bases, or of the images without HaBa (DM 1; MTT 1000, HaBa-MTT 100).
     #[arg(long)]
     pub lr_bases: Option<f32>,
+    /// SGD learning rate of the hallucinators (DM 1e-3; HaBa-MTT 100).
     #[arg(long)]
     pub lr_hallucinators: Option<f32>,
     /// Real images per class per iteration.
@@ -79,24 +85,31 @@ pub struct Args {
     /// Turn off all of HaBa's adversarial contrastive terms.
     #[arg(long)]
     pub no_contrastive: bool,
+    /// λ_cos, weight of the diversity term: views of one basis should differ (0.1).
     #[arg(long)]
     pub lambda_cos: Option<f32>,
+    /// λ_cls, weight of the adversary's classification loss (1).
     #[arg(long)]
     pub lambda_cls: Option<f32>,
+    /// λ_like, weight of the adversary's likeness term: views should look alike to it (0.1).
     #[arg(long)]
     pub lambda_like: Option<f32>,
+    /// λ_con, weight of the adversary's supervised contrastive loss (0.1).
     #[arg(long)]
     pub lambda_con: Option<f32>,
     /// Evaluate every K iterations (0: only at the end).
     #[arg(long)]
     pub eval_every: Option<usize>,
+    /// Write the artifact and a checkpoint every K iterations (500).
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
     /// Networks trained by each evaluation.
     #[arg(long)]
     pub eval_nets: Option<usize>,
+    /// Training epochs of each evaluation network (1,000).
     #[arg(long)]
     pub eval_epochs: Option<usize>,
+    /// The evaluation network (ConvNet).
     #[arg(long)]
     pub eval_model: Option<Arch>,
     /// MTT: the directory of expert trajectories made by `haba buffer`.

@@ -315,7 +315,7 @@ pub const PRESETS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The official CIFAR-10 trajectory-matching settings at `ipc` (SPEC 3): HaBa's scripts
+/// The official CIFAR-10 trajectory-matching settings at `ipc`: HaBa's scripts
 /// with `haba`, MTT's own (images lr 1000, momentum 0.5) without.
 fn mtt_cifar10(ipc: usize, haba: bool) -> DistillConfig {
     let (syn_steps, max_start_epoch, lr_lr, lr_teacher) = match ipc {

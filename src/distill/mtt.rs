@@ -16,7 +16,7 @@
 //!
 //! Two ways to the same gradient ([`Unroll`]): `graph` keeps one autodiff graph over every
 //! step, as the reference; `recompute` keeps only each step's parameters and walks the
-//! steps backwards (SPEC 9), so activation memory is one step's whatever `syn_steps` is.
+//! steps backwards, so activation memory is one step's whatever `syn_steps` is.
 
 use burn::tensor::{Gradients, Tensor};
 
@@ -179,7 +179,7 @@ impl Mtt {
         Ok((theta - target.clone()).square().sum() / span)
     }
 
-    /// The same loss and its gradient by replaying the steps backwards (SPEC 9), returned
+    /// The same loss and its gradient by replaying the steps backwards, returned
     /// as a surrogate whose value is the loss and whose gradient with respect to the
     /// tracked bases, hallucinators and `lr` is the unrolled graph's.
     fn recomputed(

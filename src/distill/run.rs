@@ -20,7 +20,7 @@ use crate::data::{Dataset, LabelledImages, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::{EvalConfig, EvalProgress, EvalResult, evaluate};
 use crate::haba::Factorization;
-use crate::report::{MetricsLog, bases_png, hallucinated_png};
+use crate::report::{MetricsLog, bases_png, hallucinated_png, metrics_up_to};
 use crate::train::TrainConfig;
 
 /// The files of one run directory.
@@ -158,6 +158,12 @@ pub fn resume(run: &RunDir, data: &Prepared) -> Result<Distiller> {
         path,
         reason: e.to_string(),
     })?;
+    // Iterations after the checkpoint will run and be logged again.
+    let metrics = run.metrics();
+    if metrics.exists() {
+        let text = read_text(&metrics)?;
+        write_atomic(&metrics, metrics_up_to(&text, d.iteration).as_bytes())?;
+    }
     Ok(d)
 }
 

@@ -276,3 +276,15 @@ fn report_json_is_written_whole() {
     assert_eq!(back, report);
     assert!(!crate::artifact::tmp_path(&path).exists());
 }
+
+#[test]
+fn a_resumed_log_is_cut_back_to_its_checkpoint() {
+    let text = "{\"iteration\":1,\"objective\":3.0}\n{\"iteration\":2,\"eval\":{\"mean\":0.5}}\n\
+                {\"iteration\":3,\"objective\":2.0}\n{\"iteration\":4,\"obj";
+    let cut = metrics_up_to(text, 2);
+    assert_eq!(
+        cut,
+        "{\"iteration\":1,\"objective\":3.0}\n{\"iteration\":2,\"eval\":{\"mean\":0.5}}\n"
+    );
+    assert_eq!(metrics_up_to(text, 0), "");
+}
