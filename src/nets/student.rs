@@ -91,10 +91,13 @@ pub fn loss_and_grad(
         dlogits.clone().transpose().matmul(flat).flatten(0, 1),
     ));
     grads.push((head.b, dlogits.clone().sum_dim(0).flatten(0, 1)));
-    let mut dx = dlogits.matmul(hw).reshape([n, c, h, w]);
+    let mut dx = Some(dlogits.matmul(hw).reshape([n, c, h, w]));
     for (i, tape) in tapes.into_iter().enumerate().rev() {
         let (conv, norm) = &body.blocks[i];
-        dx = tape.backward(body, conv, norm.as_ref(), params, dx, i > 0, &mut grads);
+        let dout = dx
+            .take()
+            .expect("every block above the first passes one down");
+        dx = tape.backward(body, conv, norm.as_ref(), params, dout, i > 0, &mut grads);
     }
 
     grads.sort_by_key(|g| g.0);
@@ -149,7 +152,7 @@ impl Tape {
     }
 
     /// Pushes this block's parameter gradients and returns the gradient of its input
-    /// (`None`-like zeros are never built: the first block skips it with `want_dx`).
+    /// (`None` for the first block, `want_dx` false: nothing below needs it).
     #[allow(clippy::too_many_arguments)]
     fn backward(
         self,
@@ -160,7 +163,7 @@ impl Tape {
         dout: Tensor<4>,
         want_dx: bool,
         grads: &mut Vec<(usize, Tensor<1>)>,
-    ) -> Tensor<4> {
+    ) -> Option<Tensor<4>> {
         // Pooling.
         let [n, c, h, w] = self.act.dims();
         let dact = match body.cfg.pool {
@@ -204,8 +207,8 @@ impl Tape {
                 grads.push((wo, reduce(dpre.clone() * xhat.clone())));
                 grads.push((bo, reduce(dpre.clone())));
                 let dxhat = dpre * take(p, wo, [1, sc, sh, sw]);
-                let g =
-                    |t: Tensor<4>| t.reshape([n, groups, c / groups * h_of(&xhat) * w_of(&xhat)]);
+                // The norm's output is the activation's input: the same dims as `act`.
+                let g = |t: Tensor<4>| t.reshape([n, groups, c / groups * h * w]);
                 let (dxh, xh) = (g(dxhat), g(xhat.clone()));
                 let m1 = dxh.clone().mean_dim(2);
                 let m2 = (dxh.clone() * xh.clone()).mean_dim(2);
@@ -223,7 +226,7 @@ impl Tape {
             grads.push((b, dz.clone().sum_dims(&[0, 2, 3]).flatten(0, 3)));
         }
         if !want_dx {
-            return self.input;
+            return None;
         }
         let [_, _, hin, win] = self.input.dims();
         let [_, _, hz, wz] = dz.dims();
@@ -238,16 +241,8 @@ impl Tape {
             [1, 1],
             1,
         );
-        conv_transpose2d(dz, wt, None, topts)
+        Some(conv_transpose2d(dz, wt, None, topts))
     }
-}
-
-fn h_of(t: &Tensor<4>) -> usize {
-    t.dims()[2]
-}
-
-fn w_of(t: &Tensor<4>) -> usize {
-    t.dims()[3]
 }
 
 /// Group count, affine weight shape and offsets of a (non-batch) norm layer on `x`.
