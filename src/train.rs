@@ -1,29 +1,14 @@
 //! Training a network on a labelled image set: the loop shared by the evaluation protocol,
 //! expert trajectories and baselines. Parameters are one flat vector (see [`crate::nets`]).
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::augment::Dsa;
 use crate::data::LabelledImages;
 use crate::error::{Error, Result};
-use crate::nets::{BnMode, NetState, Network};
+use crate::nets::{BnMode, NetState, Network, cross_entropy};
 use crate::optim::Sgd;
 use crate::rng::Rng;
-
-pub(crate) fn index_tensor(indices: &[usize], device: &Device) -> Tensor<1, Int> {
-    let data: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
-    Tensor::from_data(TensorData::new(data, [indices.len()]), device)
-}
-
-/// Mean cross-entropy of `logits` [N, K] against integer `labels`.
-pub fn cross_entropy(logits: Tensor<2>, labels: &[u16]) -> Tensor<1> {
-    let [n, _] = logits.dims();
-    let device = logits.device();
-    let idx: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
-    let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
-    log_softmax(logits, 1).gather(1, idx).mean().neg()
-}
 
 /// How to train one network (the reference evaluation protocol's defaults).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -171,27 +156,9 @@ pub fn accuracy(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use burn::tensor::{Device, TensorData};
 
-    #[test]
-    fn cross_entropy_matches_float64() {
-        let device = Device::flex();
-        let logits = [[1.0f64, 2.0, 0.5], [-1.0, 0.0, 3.0]];
-        let labels = [1u16, 0];
-        let flat: Vec<f32> = logits.iter().flatten().map(|&v| v as f32).collect();
-        let t = Tensor::<2>::from_data(TensorData::new(flat, [2, 3]), &device);
-        let got = cross_entropy(t, &labels).into_scalar::<f32>() as f64;
-        let want: f64 = logits
-            .iter()
-            .zip(labels)
-            .map(|(row, l)| {
-                let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
-                lse - row[l as usize]
-            })
-            .sum::<f64>()
-            / 2.0;
-        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
-    }
+    use super::*;
 
     #[test]
     fn standardize_gives_zero_mean_unit_variance_per_channel() {

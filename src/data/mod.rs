@@ -20,6 +20,7 @@ pub mod subset;
 pub mod svhn;
 
 pub use folder::FolderOptions;
+pub(crate) use prepare::index_tensor;
 pub use prepare::{LabelledImages, Prepared};
 pub use preprocess::{NormKind, Normalization};
 pub use registry::{

@@ -1,6 +1,6 @@
 //! From raw `u8` pixels to normalised tensors on a device, ready for training.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::preprocess::{NormKind, Normalization};
 use super::{DataError, Dataset, ImageShape, Split};
@@ -23,7 +23,7 @@ impl LabelledImages {
 
     /// The rows at `indices`, as a batch.
     pub fn batch(&self, indices: &[usize]) -> (Tensor<4>, Vec<u16>) {
-        let idx = crate::train::index_tensor(indices, &self.images.device());
+        let idx = index_tensor(indices, &self.images.device());
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
         (self.images.clone().select(0, idx), labels)
     }
@@ -67,4 +67,10 @@ impl Prepared {
         let (images, labels) = self.train.batch(indices);
         LabelledImages { images, labels }
     }
+}
+
+/// Host indices as an index tensor on `device` (for `select`).
+pub(crate) fn index_tensor(indices: &[usize], device: &Device) -> Tensor<1, Int> {
+    let data: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+    Tensor::from_data(TensorData::new(data, [indices.len()]), device)
 }

@@ -40,10 +40,10 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::Checkpoint;
 use crate::augment::Dsa;
 use crate::data::ImageShape;
+use crate::nets::cross_entropy;
 use crate::nets::{Arch, BnMode, NetError, Network};
 use crate::optim::{Sgd, SgdState};
 use crate::rng::Rng;
-use crate::train::cross_entropy;
 
 /// SupConLoss's `base_temperature`: fixed by the reference whatever the temperature, so the
 /// loss is scaled by `temperature / BASE_TEMPERATURE` (1 at the default temperature).

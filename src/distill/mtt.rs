@@ -25,13 +25,13 @@ use super::checkpoint::Checkpoint;
 use super::config::{DistillConfig, MttSettings, Unroll};
 use super::objective::{Objective, Synthetic};
 use crate::data::Prepared;
+use crate::data::index_tensor;
 use crate::error::{Error, Result};
 use crate::haba::{Factorization, Hallucinators};
 use crate::nets::Network;
 use crate::nets::student::{check_student, loss_and_grad};
 use crate::optim::{Sgd, SgdState, descend};
 use crate::rng::Rng;
-use crate::train::index_tensor;
 
 /// The lowest learning rate α may take.
 pub const MIN_LR: f32 = 0.001;

@@ -8,8 +8,8 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::affine::{AffineError, affine_modulation};
+use crate::data::index_tensor;
 use crate::rng::Rng;
-use crate::train::index_tensor;
 
 /// The shapes of a set of hallucinators, from which every offset follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

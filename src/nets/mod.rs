@@ -19,7 +19,8 @@ pub mod student;
 mod tests;
 mod vgg;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use arch::{Act, Arch, ConvNetConfig, Norm, Pool};
 pub use layers::{EPS, Init, MOMENTUM, ParamEntry};
@@ -259,6 +260,15 @@ impl Network {
             s.width
         );
     }
+}
+
+/// Mean cross-entropy of `logits` [N, K] against integer `labels`.
+pub fn cross_entropy(logits: Tensor<2>, labels: &[u16]) -> Tensor<1> {
+    let [n, _] = logits.dims();
+    let device = logits.device();
+    let idx: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [n, 1]), &device);
+    log_softmax(logits, 1).gather(1, idx).mean().neg()
 }
 
 fn upload(v: Vec<f32>, device: &Device) -> Tensor<1> {

@@ -19,9 +19,9 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::arch::{Act, Norm, Pool};
 use super::convnet::ConvNet;
+use super::cross_entropy;
 use super::layers::{Conv, EPS, NormLayer, take};
 use super::{Body, NetError, Network};
-use crate::train::cross_entropy;
 
 /// Whether `net` can be a student: the ConvNet family without BatchNorm.
 pub fn check_student(net: &Network) -> Result<(), NetError> {

@@ -687,3 +687,23 @@ fn big_nets_backpropagate() {
         );
     }
 }
+
+#[test]
+fn cross_entropy_matches_float64() {
+    let device = Device::flex();
+    let logits = [[1.0f64, 2.0, 0.5], [-1.0, 0.0, 3.0]];
+    let labels = [1u16, 0];
+    let flat: Vec<f32> = logits.iter().flatten().map(|&v| v as f32).collect();
+    let t = Tensor::<2>::from_data(TensorData::new(flat, [2, 3]), &device);
+    let got = cross_entropy(t, &labels).into_scalar::<f32>() as f64;
+    let want: f64 = logits
+        .iter()
+        .zip(labels)
+        .map(|(row, l)| {
+            let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+            lse - row[l as usize]
+        })
+        .sum::<f64>()
+        / 2.0;
+    assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+}
