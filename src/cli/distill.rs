@@ -241,7 +241,7 @@ pub fn fresh_run_dir(cfg: &DistillConfig) -> PathBuf {
 pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
     if args.list_presets {
         for (name, what) in PRESETS {
-            println!("{name:<18} {what}");
+            println!("{name:<26} {what}");
         }
         return Ok(());
     }

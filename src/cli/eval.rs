@@ -190,6 +190,7 @@ fn run_artifact(common: &Common, args: &Args, path: &std::path::Path) -> anyhow:
         cfg.train.standardize_batches = artifact.factorization.hallucinators.is_some();
     }
     if let Some(lr) = artifact.lr {
+        eprintln!("eval: training at the artifact's learned learning rate {lr} (not --lr)");
         cfg.train.sgd.lr = lr;
     }
     let storage = artifact.storage();
