@@ -37,8 +37,10 @@ pub struct Args {
     /// Training epochs per network (E); the learning rate drops x0.1 at E/2.
     #[arg(long, default_value_t = 1000)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 0.01)]
-    pub lr: f32,
+    /// SGD learning rate (0.01; an artifact with a learned rate, from MTT, trains at that
+    /// unless this is given).
+    #[arg(long)]
+    pub lr: Option<f32>,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// DSA strategy while training, or `none`.
@@ -151,7 +153,7 @@ fn protocol(args: &Args) -> anyhow::Result<EvalConfig> {
         train: TrainConfig {
             batch: args.batch,
             standardize_batches: matches!(args.standardize, Some(Switch::On)),
-            ..TrainConfig::protocol(args.epochs, args.lr)
+            ..TrainConfig::protocol(args.epochs, args.lr.unwrap_or(0.01))
         },
         dsa: args.dsa.clone(),
         ..EvalConfig::default()
@@ -189,8 +191,8 @@ fn run_artifact(common: &Common, args: &Args, path: &std::path::Path) -> anyhow:
     if args.standardize.is_none() {
         cfg.train.standardize_batches = artifact.factorization.hallucinators.is_some();
     }
-    if let Some(lr) = artifact.lr {
-        eprintln!("eval: training at the artifact's learned learning rate {lr} (not --lr)");
+    if let (Some(lr), None) = (artifact.lr, args.lr) {
+        eprintln!("eval: training at the artifact's learned learning rate {lr}");
         cfg.train.sgd.lr = lr;
     }
     let storage = artifact.storage();
