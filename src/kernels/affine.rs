@@ -97,14 +97,17 @@ fn cube_count(invocations: usize) -> CubeCount {
     CubeCount::Static(x as u32, groups.div_ceil(x) as u32, 1)
 }
 
-/// WGSL launches so far, so tests can tell the kernels from a silent fallback.
 #[cfg(test)]
-pub(crate) static LAUNCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+thread_local! {
+    /// WGSL launches on this thread so far, so tests can tell the kernels from a silent
+    /// fallback (per thread: other tests launch kernels at the same time).
+    pub(crate) static LAUNCHES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 /// Launch `kernel` with `tensors` bound in order, then the info table as the last binding.
 fn launch(kernel: impl KernelSource, invocations: usize, tensors: &[&CubeTensor], info: &[u32]) {
     #[cfg(test)]
-    LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    LAUNCHES.with(|n| n.set(n.get() + 1));
     let client = &tensors[0].client;
     let bytes: Vec<u8> = info.iter().flat_map(|v| v.to_le_bytes()).collect();
     let info = client.create_from_slice(&bytes);

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering;
 
 use burn::tensor::wgpu::WgpuInitError;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
@@ -339,10 +338,10 @@ fn wgsl_kernels_match_tensor_ops_on_wgpu() {
     for round in 0..3 {
         let case = Case::random(&mut rng);
         let label = format!("round {round} {:?} M={}", case.x_dims, case.map_dims[0]);
-        let launches = LAUNCHES.load(Ordering::Relaxed);
+        let launches = LAUNCHES.with(std::cell::Cell::get);
         let kernel = run(&case, &autodiff, affine_modulation);
         // Forward and backward really ran as WGSL (no silent fallback to tensor ops).
-        assert_eq!(LAUNCHES.load(Ordering::Relaxed) - launches, 2, "{label}");
+        assert_eq!(LAUNCHES.with(std::cell::Cell::get) - launches, 2, "{label}");
         let reference = run(&case, &autodiff, affine_modulation_reference);
         assert_outcome_close(
             &format!("{label} kernel vs tensor ops"),
@@ -373,7 +372,7 @@ fn wgsl_kernels_match_tensor_ops_on_wgpu() {
 
     // Without autodiff the extension goes straight to the Cube backend's forward kernel.
     let case = Case::random(&mut rng);
-    let launches = LAUNCHES.load(Ordering::Relaxed);
+    let launches = LAUNCHES.with(std::cell::Cell::get);
     let tensor = |v: &[f32], dims: [usize; 4]| {
         Tensor::<4>::from_data(TensorData::new(v.to_vec(), dims), &device)
     };
@@ -385,7 +384,7 @@ fn wgsl_kernels_match_tensor_ops_on_wgpu() {
     )
     .expect("valid case");
     assert_close("forward without autodiff", &values(y), &case.by_hand().y);
-    assert_eq!(LAUNCHES.load(Ordering::Relaxed) - launches, 1);
+    assert_eq!(LAUNCHES.with(std::cell::Cell::get) - launches, 1);
 }
 
 #[test]
