@@ -535,7 +535,7 @@ fn shape_error(name: &str, expected: &str, found: &[usize]) -> String {
 }
 
 /// Little-endian f32s (safetensors has already checked the length against the shape).
-fn f32_values(bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn f32_values(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))

@@ -299,6 +299,17 @@ pub fn measure(
 
 type Step = Box<dyn FnMut(usize) -> Result<()>>;
 
+/// Iteration i steps distiller `i % len`: one distiller per DSA family, so both sides run
+/// the same mix of families.
+fn round_robin(mut distillers: Vec<Distiller>, data: Prepared) -> Step {
+    Box::new(move |i| {
+        let k = i % distillers.len();
+        distillers[k].step(&data)?;
+        sync(distillers[k].factorization.bases.clone());
+        Ok(())
+    })
+}
+
 /// DSA with family `i % 6` alone.
 fn dsa_for(i: usize) -> Dsa {
     let family = Family::ALL[i % Family::ALL.len()];
@@ -403,7 +414,7 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
         Unit::Dm | Unit::HabaDm => {
             let data = random_prepared(&mut rng, s, device)?;
             // One distiller per DSA family, so iteration i can use family i % 6.
-            let mut distillers = Family::ALL
+            let distillers = Family::ALL
                 .iter()
                 .map(|family| {
                     let cfg = DistillConfig {
@@ -422,12 +433,7 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
                     Distiller::new(cfg, &data)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Box::new(move |i| {
-                let k = i % distillers.len();
-                distillers[k].step(&data)?;
-                sync(distillers[k].factorization.bases.clone());
-                Ok(())
-            })
+            round_robin(distillers, data)
         }
         Unit::Mtt | Unit::HabaMtt => {
             let data = random_prepared(&mut rng, s, device)?;
@@ -451,7 +457,7 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
                 ..MttSettings::default()
             };
             let (lr, momentum) = if haba { (100.0, 0.95) } else { (1000.0, 0.5) };
-            let mut distillers = Family::ALL
+            let distillers = Family::ALL
                 .iter()
                 .map(|family| {
                     let cfg = DistillConfig {
@@ -475,12 +481,7 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
                     Distiller::with_objective(cfg, &data, Box::new(objective))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Box::new(move |i| {
-                let k = i % distillers.len();
-                distillers[k].step(&data)?;
-                sync(distillers[k].factorization.bases.clone());
-                Ok(())
-            })
+            round_robin(distillers, data)
         }
     })
 }

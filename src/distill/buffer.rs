@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::artifact::write_atomic;
+use crate::artifact::{f32_values, write_atomic};
 use crate::data::{LabelledImages, NormKind, Normalization, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::dsa_from_name;
@@ -257,11 +257,7 @@ impl Trajectory {
                 t.shape()
             ));
         }
-        let values: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let values = f32_values(t.data());
         if values.iter().any(|v| !v.is_finite()) {
             return Err("the trajectory holds NaN or infinite parameters".into());
         }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use crate::artifact::f32_values;
 use crate::error::{Error, Result};
 
 /// The metadata key holding the iteration.
@@ -122,11 +123,7 @@ impl Checkpoint {
                     view.shape()
                 ));
             }
-            let v: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let v = f32_values(view.data());
             if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
                 return Err(format!("tensor `{name}` holds {bad}"));
             }
