@@ -270,12 +270,12 @@ fn sweep(
         "{:>9} {:>10} {:>10} {:>12} {:>12} {:>10} {:>10}",
         "syn_steps", "graph s", "graph MB", "recompute s", "recompute MB", "torch s", "torch MB"
     );
-    let mb = |m: &Measurement| megabytes(m.peak_device_bytes.or(m.peak_rss_bytes));
+    let mb = |m: &Measurement| peak_megabytes(m.peak_device_bytes, m.peak_rss_bytes);
     for r in &rows {
         let (ts, tm) = r.torch.as_ref().map_or(("-".into(), "-".into()), |t| {
             (
                 format!("{:.3}", median(&t.seconds)),
-                megabytes(t.peak_device_bytes.or(t.peak_rss_bytes)),
+                peak_megabytes(t.peak_device_bytes, t.peak_rss_bytes),
             )
         });
         println!(
@@ -406,8 +406,12 @@ fn run_torch(
     serde_json::from_str(line).with_context(|| format!("reading its result: {text}"))
 }
 
-fn megabytes(b: Option<u64>) -> String {
-    b.map_or("-".into(), |b| format!("{:.0}", b as f64 / 1e6))
+/// The peak a side reports, in MB: the GPU allocator's when there is one, else the
+/// process's resident peak ("-" when neither is known).
+fn peak_megabytes(device: Option<u64>, rss: Option<u64>) -> String {
+    device
+        .or(rss)
+        .map_or("-".into(), |b| format!("{:.0}", b as f64 / 1e6))
 }
 
 fn print_table(rows: &[Row], s: &BenchSettings) {
@@ -422,16 +426,15 @@ fn print_table(rows: &[Row], s: &BenchSettings) {
             println!("{name:<12} {h:>10.4} {t_s:>10} {ratio:>9} {hm:>10} {tm:>10}");
         };
     for r in rows {
-        let peak = |rss: Option<u64>, dev: Option<u64>| megabytes(dev.or(rss));
         line(
             &r.unit,
             r.haba_seconds,
             r.torch_seconds,
             r.speedup,
-            peak(r.haba.peak_rss_bytes, r.haba.peak_device_bytes),
-            r.torch
-                .as_ref()
-                .map_or("-".into(), |t| peak(t.peak_rss_bytes, t.peak_device_bytes)),
+            peak_megabytes(r.haba.peak_device_bytes, r.haba.peak_rss_bytes),
+            r.torch.as_ref().map_or("-".into(), |t| {
+                peak_megabytes(t.peak_device_bytes, t.peak_rss_bytes)
+            }),
         );
     }
     if let Some(r) = rows.iter().find(|r| r.unit == Unit::TrainStep.name()) {

@@ -74,9 +74,9 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
         ..ExpertSettings::default()
     };
     // Experts see 200 real images per class: enough for a trajectory to match, in seconds.
-    let mut rng = Rng::new(cfg.seed);
     let classes = dataset.classes.len();
-    let idx = subset::random_per_class(&dataset.train.labels, classes, 200, &mut rng)?;
+    let idx =
+        subset::random_per_class(&dataset.train.labels, classes, 200, &mut Rng::new(cfg.seed))?;
     eprintln!(
         "expert trajectories for MTT (2 x {model}, 3 epochs on {} real images) in {}:",
         idx.len(),
@@ -97,9 +97,13 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
         rows.push((name.to_string(), d.storage(), result));
     }
 
-    let mut rng = Rng::new(cfg.seed);
-    let classes = dataset.classes.len();
-    let idx = subset::random_per_class(&dataset.train.labels, classes, cfg.ipc, &mut rng)?;
+    // A fresh draw from the seed, as before the MTT rows existed: the same real images.
+    let idx = subset::random_per_class(
+        &dataset.train.labels,
+        classes,
+        cfg.ipc,
+        &mut Rng::new(cfg.seed),
+    )?;
     let real = prepared.train_subset(&idx);
     eprintln!("random real images, {} per class:", cfg.ipc);
     let real_result =

@@ -170,13 +170,29 @@ impl Mtt {
         draws: &[Draw],
         lr: &Tensor<1>,
     ) -> Result<Tensor<1>> {
-        let mut theta = start.clone();
-        for d in draws {
-            let g = self.grad(syn.fact, syn, &theta, d)?;
-            theta = descend(theta, g, lr);
-        }
+        let theta = self.walk(syn.fact, syn, start, draws, lr, |_| {})?;
         let span = (start.clone() - target.clone()).square().sum();
         Ok((theta - target.clone()).square().sum() / span)
+    }
+
+    /// The student's parameters after one step per draw from `start`, on `fact`'s images;
+    /// `visit` sees the parameters each step starts from.
+    fn walk(
+        &self,
+        fact: &Factorization,
+        syn: &Synthetic<'_>,
+        start: &Tensor<1>,
+        draws: &[Draw],
+        lr: &Tensor<1>,
+        mut visit: impl FnMut(&Tensor<1>),
+    ) -> Result<Tensor<1>> {
+        let mut theta = start.clone();
+        for d in draws {
+            let g = self.grad(fact, syn, &theta, d)?;
+            visit(&theta);
+            theta = descend(theta, g, lr);
+        }
+        Ok(theta)
     }
 
     /// The same loss and its gradient by replaying the steps backwards, returned
@@ -197,12 +213,9 @@ impl Mtt {
         let (start, target) = (constant(start.clone()), constant(target.clone()));
         // Forward without a graph, keeping θ_0 .. θ_{N-1}.
         let mut thetas = Vec::with_capacity(draws.len());
-        let mut theta = start.clone();
-        for d in draws {
-            let g = self.grad(&plain, syn, &theta, d)?;
-            thetas.push(theta.clone());
-            theta = descend(theta, g, &alpha);
-        }
+        let theta = self.walk(&plain, syn, &start, draws, &alpha, |t| {
+            thetas.push(t.clone())
+        })?;
         let span = (start - target.clone()).square().sum();
         let diff = theta - target;
         let loss = diff.clone().square().sum() / span.clone();
@@ -211,6 +224,7 @@ impl Mtt {
         let mut d_bases = plain.bases.zeros_like();
         let mut d_hal = plain.hallucinators.as_ref().map(|h| h.params.zeros_like());
         let mut d_lr = alpha.zeros_like();
+        let alpha4 = alpha.clone().reshape([1, 1, 1, 1]);
         for (d, theta) in draws.iter().zip(thetas).rev() {
             let theta = theta.require_grad();
             let fresh = refreshed(syn.fact, true);
@@ -219,8 +233,7 @@ impl Mtt {
             let s = (g * adjoint.clone()).sum();
             let grads = s.backward();
             let hvp = grad_of(&theta, &grads, "student parameters")?;
-            let alpha4 = alpha.clone().reshape([1, 1, 1, 1]);
-            d_bases = d_bases - grad_of(&fresh.bases, &grads, "bases")? * alpha4;
+            d_bases = d_bases - grad_of(&fresh.bases, &grads, "bases")? * alpha4.clone();
             if let (Some(acc), Some(h)) = (d_hal.as_mut(), &fresh.hallucinators) {
                 *acc = acc.clone() - grad_of(&h.params, &grads, "hallucinators")? * alpha.clone();
             }
@@ -244,21 +257,20 @@ fn constant<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 /// `fact`'s values on fresh leaves: tracked ones for a sweep step's own graph, or
 /// untracked constants.
 fn refreshed(fact: &Factorization, track: bool) -> Factorization {
-    let leaf = |t: &Tensor<4>| {
-        let c = constant(t.clone());
-        if track { c.require_grad() } else { c }
-    };
     Factorization {
-        bases: leaf(&fact.bases),
+        bases: leaf(&fact.bases, track),
         labels: fact.labels.clone(),
         hallucinators: fact.hallucinators.as_ref().map(|h| Hallucinators {
             shape: h.shape,
-            params: {
-                let c = constant(h.params.clone());
-                if track { c.require_grad() } else { c }
-            },
+            params: leaf(&h.params, track),
         }),
     }
+}
+
+/// `t`'s values as a new leaf: tracked, or an untracked constant.
+fn leaf<const D: usize>(t: &Tensor<D>, track: bool) -> Tensor<D> {
+    let c = constant(t.clone());
+    if track { c.require_grad() } else { c }
 }
 
 /// The gradient `grads` holds for `t`, as a constant on the autodiff device.
