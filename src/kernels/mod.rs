@@ -17,9 +17,11 @@
 //! the impls here are for the unfused `CubeBackend` (our Burn features), so turning fusion
 //! on is a compile error here until a `Fusion` impl is written.
 //!
-//! [`affine`] has WGSL kernels; [`instance_norm`] is fused on the CPU backend only.
+//! [`affine`] has WGSL kernels; [`conv`] and [`instance_norm`] are fused on the CPU backend
+//! only.
 
 pub mod affine;
+pub mod conv;
 pub mod instance_norm;
 
 use burn::backend::{CubeDevice, DispatchDevice};

@@ -3,10 +3,11 @@
 
 use burn::tensor::Tensor;
 use burn::tensor::activation;
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::module::{avg_pool2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 
 use super::arch::Act;
+use crate::kernels::conv::conv2d;
 use crate::kernels::instance_norm::instance_norm;
 
 /// PyTorch's default for every norm layer here.
