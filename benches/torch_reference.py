@@ -237,11 +237,13 @@ def sgd_net(net):
 
 
 def unit_dsa(a, dev):
+    """One iteration is every family once, so a few iterations cover the whole mix."""
     x = images(a, a.batch, dev)
 
-    def step(family):
+    def step(_family):
         with torch.no_grad():
-            dsa(x, family)
+            for family in FAMILIES:
+                dsa(x, family)
     return step
 
 

@@ -20,9 +20,11 @@ use std::str::FromStr;
 
 use burn::tensor::grid::affine_grid_2d;
 use burn::tensor::ops::{GridSampleOptions, GridSamplePaddingMode, InterpolateMode, PadMode};
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::on_flex;
+use crate::kernels::resample::{Map, resample};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -329,6 +331,12 @@ enum Draw {
 
 /// Applies one family, described by one draw per sample.
 fn augment(x: Tensor<4>, draws: &[Draw]) -> Tensor<4> {
+    if !matches!(draws[0], Draw::Color { .. } | Draw::Cutout { .. })
+        && on_flex(&x.device())
+        && x.dtype() == DType::F32
+    {
+        return resample(x, maps(draws));
+    }
     match draws[0] {
         Draw::Color { .. } => color(x, draws),
         Draw::Crop { .. } => crop(x, draws),
@@ -429,6 +437,27 @@ fn flip(x: Tensor<4>, draws: &[Draw]) -> Tensor<4> {
         Tensor::<4, Bool>::from_data(TensorData::new(flips, [dims[0], 1, 1, 1]), &x.device())
             .expand(dims);
     x.clone().mask_where(mask, x.flip([3]))
+}
+
+/// Crop, flip, scale and rotation as the map each sample's pixels are read through (the
+/// CPU path, [`resample`]): the same maps as [`crop`], [`flip`] and [`affine`] below, which
+/// other devices run and the tests compare against.
+fn maps(draws: &[Draw]) -> Vec<Map> {
+    // Siamese draws (one for the whole batch) share one map.
+    let draws = if draws.iter().all(|d| d == &draws[0]) {
+        &draws[..1]
+    } else {
+        draws
+    };
+    draws
+        .iter()
+        .map(|d| match *d {
+            Draw::Crop { dy, dx } => Map::Shift { dy, dx },
+            Draw::Flip(flipped) => Map::Mirror(flipped),
+            Draw::Affine(theta) => Map::Affine(theta),
+            Draw::Color { .. } | Draw::Cutout { .. } => unreachable!("not a geometric family"),
+        })
+        .collect()
 }
 
 /// Scale and rotation: bilinear sampling with zero padding at `theta`'s grid.
@@ -968,6 +997,50 @@ mod tests {
 
     /// One small call on wgpu (lavapipe on CPU-only machines), compared with flex: the
     /// rotation uses Burn's grid sampling kernel, the least trivial op here.
+    /// On `flex`, crop, flip, scale and rotate run as [`resample`]: the same values and
+    /// gradients as the tensor ops other devices run, per sample and Siamese, on a
+    /// non-square image.
+    #[test]
+    fn cpu_resampling_matches_the_tensor_ops() {
+        let dims = [5, 2, 7, 9];
+        let len = dims.iter().product();
+        let x = random(len, 30);
+        let upstream = random(len, 31);
+        let device = Device::flex().autodiff();
+        for family in [Family::Crop, Family::Flip, Family::Scale, Family::Rotate] {
+            for batchwise in [false, true] {
+                let draws = only(family).plan(40, dims, batchwise).unwrap();
+                let run = |fused: bool| {
+                    let xa = tensor(&x, dims, &device).require_grad();
+                    let y = if fused {
+                        augment(xa.clone(), &draws)
+                    } else {
+                        match draws[0] {
+                            Draw::Crop { .. } => crop(xa.clone(), &draws),
+                            Draw::Flip(_) => flip(xa.clone(), &draws),
+                            _ => affine(xa.clone(), &draws),
+                        }
+                    };
+                    let grads = (y.clone() * tensor(&upstream, dims, &device))
+                        .sum()
+                        .backward();
+                    (host(y.inner()), host(xa.grad(&grads).unwrap()))
+                };
+                let (fused, ops) = (run(true), run(false));
+                let close =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-5);
+                assert!(
+                    close(&fused.0, &ops.0),
+                    "{family} batchwise {batchwise}: values"
+                );
+                assert!(
+                    close(&fused.1, &ops.1),
+                    "{family} batchwise {batchwise}: gradient"
+                );
+            }
+        }
+    }
+
     #[test]
     fn wgpu_agrees_with_flex() {
         let dims = [2, 3, 8, 8];

@@ -363,8 +363,11 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
     Ok(match unit {
         Unit::Dsa => {
             let x = random_images(&mut rng, s.batch, s.shape, device);
+            // Every family once per iteration, so a few iterations cover the whole mix.
             Box::new(move |i| {
-                sync(dsa_for(i).apply(x.clone(), i as u64));
+                for f in 0..Family::ALL.len() {
+                    sync(dsa_for(f).apply(x.clone(), (i * Family::ALL.len() + f) as u64));
+                }
                 Ok(())
             })
         }

@@ -7,6 +7,7 @@ mod cli;
 static ALLOCATOR: haba::alloc::CachingAllocator = haba::alloc::CachingAllocator;
 
 fn main() -> std::process::ExitCode {
+    haba::alloc::set_cache_limit(haba::alloc::default_cache_limit());
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

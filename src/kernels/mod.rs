@@ -17,12 +17,13 @@
 //! the impls here are for the unfused `CubeBackend` (our Burn features), so turning fusion
 //! on is a compile error here until a `Fusion` impl is written.
 //!
-//! [`affine`] has WGSL kernels; [`conv`] and [`instance_norm`] are fused on the CPU backend
-//! only.
+//! [`affine`] has WGSL kernels; [`conv`], [`instance_norm`] and [`resample`] are fused on the
+//! CPU backend only.
 
 pub mod affine;
 pub mod conv;
 pub mod instance_norm;
+pub mod resample;
 
 use burn::backend::{CubeDevice, DispatchDevice};
 use burn::tensor::Device;
