@@ -2,8 +2,11 @@
 //! bases and of the images they make, a `metrics.jsonl` log, a JSON report, and the
 //! hallucinated set as a plain folder of PNG files per class.
 //!
-//! Images are stored normalised (mean/std or ZCA, see [`Normalization`]); every picture
-//! here shows them de-normalised to true colour, clamped to [0, 1].
+//! Images are stored normalised (mean/std or ZCA, see [`Normalization`]). A picture shows
+//! them in one of two [`Display`]s: de-normalised to true colour and clamped to [0, 1]
+//! (`bases.png`, `hallucinated.png`), or each image stretched from its own minimum to its
+//! maximum (`bases-stretched.png`, `hallucinated-stretched.png`), which shows what a
+//! hallucinator does even where its output saturates.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -21,6 +24,63 @@ use crate::error::{Error, Result};
 pub const BASES_PNG: &str = "bases.png";
 pub const HALLUCINATED_PNG: &str = "hallucinated.png";
 pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CURVES_PNG: &str = "curves.png";
+
+/// How a picture maps an image's stored values to colours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Display {
+    /// De-normalised and clamped to [0, 1]: the colours the network is trained on.
+    #[default]
+    TrueColour,
+    /// De-normalised, then each image mapped linearly from its own minimum (black) to its
+    /// maximum (white), over all its channels (torchvision's
+    /// `save_image(normalize=True, scale_each=True)`).
+    Stretch,
+}
+
+impl Display {
+    pub const ALL: [Display; 2] = [Display::TrueColour, Display::Stretch];
+
+    /// What a grid's file name adds for this display.
+    pub fn file_suffix(self) -> &'static str {
+        match self {
+            Display::TrueColour => "",
+            Display::Stretch => "-stretched",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Display::TrueColour => "true colour",
+            Display::Stretch => "stretched per image",
+        }
+    }
+
+    /// The name `--display` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Display::TrueColour => "true-colour",
+            Display::Stretch => "stretch",
+        }
+    }
+
+    /// `name.png` with this display's suffix before the extension.
+    fn file_name(self, name: &str) -> String {
+        let stem = name.strip_suffix(".png").unwrap_or(name);
+        format!("{stem}{}.png", self.file_suffix())
+    }
+}
+
+impl std::str::FromStr for Display {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| Error::Config(format!("display {s:?}: expected true-colour or stretch")))
+    }
+}
 
 /// Width of the lines between (and around) tiles, in output pixels.
 pub const BORDER_PX: usize = 2;
@@ -63,8 +123,8 @@ pub fn write_grid_png(
 /// `run_dir/bases.png`: one row per class, that class's bases left to right.
 /// Single-channel bases of a colour dataset are shown grey, each stretched to its own
 /// range (see [`write_grid_png`]).
-pub fn bases_png(run_dir: &Path, artifact: &Artifact) -> Result<PathBuf> {
-    let path = run_dir.join(BASES_PNG);
+pub fn bases_png(run_dir: &Path, artifact: &Artifact, display: Display) -> Result<PathBuf> {
+    let path = run_dir.join(display.file_name(BASES_PNG));
     let f = &artifact.factorization;
     let [_, c, h, w] = f.bases.dims();
     let by_class = bases_by_class(artifact).map_err(|r| report_error(&path, r))?;
@@ -75,7 +135,7 @@ pub fn bases_png(run_dir: &Path, artifact: &Artifact) -> Result<PathBuf> {
             slots[row * cols + k] = Some(i);
         }
     }
-    let pixels = true_colour(f.bases.clone(), &artifact.normalization)
+    let pixels = displayed(f.bases.clone(), &artifact.normalization, display)
         .map_err(|r| report_error(&path, r))?;
     let grid = Grid {
         tile: [c, h, w],
@@ -90,8 +150,8 @@ pub fn bases_png(run_dir: &Path, artifact: &Artifact) -> Result<PathBuf> {
 /// `run_dir/hallucinated.png`: one row per class; for each basis of the class, its M
 /// hallucinated images side by side (the bases themselves when there are no
 /// hallucinators).
-pub fn hallucinated_png(run_dir: &Path, artifact: &Artifact) -> Result<PathBuf> {
-    let path = run_dir.join(HALLUCINATED_PNG);
+pub fn hallucinated_png(run_dir: &Path, artifact: &Artifact, display: Display) -> Result<PathBuf> {
+    let path = run_dir.join(display.file_name(HALLUCINATED_PNG));
     let fail = |r: String| report_error(&path, r);
     let f = &artifact.factorization;
     let n = f.len();
@@ -111,7 +171,7 @@ pub fn hallucinated_png(run_dir: &Path, artifact: &Artifact) -> Result<PathBuf> 
     }
     let mut pixels = Vec::with_capacity(m * n * image.numel());
     for j in 0..m {
-        pixels.extend(hallucinated_true_colour(artifact, j).map_err(fail)?);
+        pixels.extend(hallucinated_pixels(artifact, j, display).map_err(fail)?);
     }
     let grid = Grid {
         tile: [image.channels, image.height, image.width],
@@ -163,7 +223,7 @@ pub fn export_png_dir(artifact: &Artifact, out_dir: &Path) -> Result<usize> {
     let image = artifact.meta.image;
     let mut written = 0;
     for j in 0..hallucinator_count(artifact) {
-        let pixels = hallucinated_true_colour(artifact, j).map_err(fail)?;
+        let pixels = hallucinated_pixels(artifact, j, Display::TrueColour).map_err(fail)?;
         for (i, tile) in pixels.chunks_exact(image.numel()).enumerate() {
             let (class, k) = place[i];
             let path = out_dir.join(&folders[class]).join(format!("{k}_{j}.png"));
@@ -394,7 +454,7 @@ fn to_byte(v: f32) -> u8 {
     }
 }
 
-fn encode_png(bytes: &[u8], w: usize, h: usize, c: usize) -> Result<Vec<u8>, String> {
+pub(crate) fn encode_png(bytes: &[u8], w: usize, h: usize, c: usize) -> Result<Vec<u8>, String> {
     let colour = match c {
         1 => ExtendedColorType::L8,
         3 => ExtendedColorType::Rgb8,
@@ -413,28 +473,40 @@ fn encode_png(bytes: &[u8], w: usize, h: usize, c: usize) -> Result<Vec<u8>, Str
 /// viewer shows them too).
 pub fn true_colour(images: Tensor<4>, normalization: &Normalization) -> Result<Vec<f32>, String> {
     let [_, c, h, w] = images.dims();
-    let fits = match normalization {
+    let mut values = unclamped(images, normalization)?;
+    if fits(normalization, [c, h, w]) {
+        values.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
+    } else {
+        for tile in values.chunks_mut(h * w) {
+            stretch(tile);
+        }
+    }
+    Ok(values)
+}
+
+/// Whether `normalization` can de-normalise images of this shape.
+fn fits(normalization: &Normalization, [c, h, w]: [usize; 3]) -> bool {
+    match normalization {
         Normalization::MeanStd { mean, .. } => mean.len() == c,
         Normalization::Zca { mean, .. } => mean.len() == c * h * w,
-    };
+    }
+}
+
+/// De-normalised values, unclamped; single-channel images the normalisation does not fit
+/// (HaBa's one-channel bases of colour data) as stored.
+fn unclamped(images: Tensor<4>, normalization: &Normalization) -> Result<Vec<f32>, String> {
+    let [_, c, h, w] = images.dims();
     let read = |t: Tensor<4>| {
         t.try_to_vec_as::<f32>()
             .map_err(|e| format!("reading images from the device: {e}"))
     };
-    if fits {
+    if fits(normalization, [c, h, w]) {
         let pixels = normalization
             .invert(images)
             .map_err(|e| format!("de-normalising: {e}"))?;
-        Ok(read(pixels)?
-            .into_iter()
-            .map(|v| v.clamp(0.0, 1.0))
-            .collect())
+        read(pixels)
     } else if c == 1 {
-        let mut values = read(images)?;
-        for tile in values.chunks_mut(h * w) {
-            stretch(tile);
-        }
-        Ok(values)
+        read(images)
     } else {
         Err(format!(
             "{c}-channel images do not fit the dataset's normalisation"
@@ -459,14 +531,38 @@ fn stretch(tile: &mut [f32]) {
     }
 }
 
-/// True-colour pixels of every basis through hallucinator `j` (the bases themselves
-/// without hallucinators), CHW image after image.
-fn hallucinated_true_colour(artifact: &Artifact, j: usize) -> Result<Vec<f32>, String> {
+/// Pixels of every basis through hallucinator `j` (the bases themselves without
+/// hallucinators), CHW image after image.
+fn hallucinated_pixels(
+    artifact: &Artifact,
+    j: usize,
+    display: Display,
+) -> Result<Vec<f32>, String> {
     let f = &artifact.factorization;
     let images = f
         .images(f.bases.clone(), &vec![j; f.len()])
         .map_err(|e| e.to_string())?;
-    true_colour(images, &artifact.normalization)
+    displayed(images, &artifact.normalization, display)
+}
+
+/// Images (normalised, `[N, C, H, W]`) as [0, 1] floats in `display`, CHW image after
+/// image.
+pub fn displayed(
+    images: Tensor<4>,
+    normalization: &Normalization,
+    display: Display,
+) -> Result<Vec<f32>, String> {
+    match display {
+        Display::TrueColour => true_colour(images, normalization),
+        Display::Stretch => {
+            let [_, c, h, w] = images.dims();
+            let mut values = unclamped(images, normalization)?;
+            for image in values.chunks_mut(c * h * w) {
+                stretch(image);
+            }
+            Ok(values)
+        }
+    }
 }
 
 fn hallucinator_count(artifact: &Artifact) -> usize {
@@ -496,6 +592,11 @@ fn report_error(path: &Path, reason: String) -> Error {
         reason,
     }
 }
+
+pub mod compare;
+pub mod curves;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod plot;
 
 #[cfg(test)]
 mod tests;

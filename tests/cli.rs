@@ -196,6 +196,9 @@ fn distill_writes_a_run_directory_that_eval_export_and_resume_read() {
         "distilled.safetensors",
         "bases.png",
         "hallucinated.png",
+        "bases-stretched.png",
+        "hallucinated-stretched.png",
+        "curves.png",
         "metrics.jsonl",
         "report.json",
         "config.toml",
@@ -214,6 +217,11 @@ fn distill_writes_a_run_directory_that_eval_export_and_resume_read() {
     let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().filter(|l| l.contains("objective")).count(), 4);
     assert!(lines.lines().last().unwrap().contains("\"eval\""));
+
+    // curves.png is a real picture: far from one flat colour.
+    let curves = image::open(run.join("curves.png")).unwrap().to_luma8();
+    let dark = curves.pixels().filter(|p| p.0[0] < 128).count();
+    assert!(dark > 2_000, "curves.png has {dark} dark pixels");
 
     // The same --out again is refused, with the way to continue.
     let again = haba(&[&quick[..], &common[..]].concat(), &dir);
@@ -245,6 +253,64 @@ fn distill_writes_a_run_directory_that_eval_export_and_resume_read() {
         .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
         .sum();
     assert_eq!(count, 10 * 5, "one image per basis and hallucinator");
+
+    // haba compare: this run beside a plain DM run, one table, a chart and JSON.
+    let plain = dir.join("plain");
+    let mut plain_args = quick.to_vec();
+    let last = plain_args.len() - 1;
+    plain_args[last] = plain.to_str().unwrap();
+    plain_args.push("--no-haba");
+    let out = haba(&[&plain_args[..], &common[..]].concat(), &dir);
+    assert!(out.status.success(), "{}", text(&out));
+    let compared = dir.join("compared");
+    let out = haba(
+        &[
+            "compare",
+            run_s,
+            plain.to_str().unwrap(),
+            "--out",
+            compared.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("| run | haba-dm | yes |") && t.contains("| plain | dm | no |"),
+        "{t}"
+    );
+    assert!(compared.join("compare.png").is_file());
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(compared.join("compare.json")).unwrap())
+            .unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    // A run of another dataset is refused with a clear error.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let report = std::fs::read_to_string(plain.join("report.json")).unwrap();
+    std::fs::write(
+        other.join("report.json"),
+        report.replace(
+            "\"dataset\": \"fashion-mnist-subset\"",
+            "\"dataset\": \"cifar10\"",
+        ),
+    )
+    .unwrap();
+    let out = haba(
+        &[
+            "compare",
+            run_s,
+            other.to_str().unwrap(),
+            "--out",
+            compared.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("different datasets"),
+        "{t}"
+    );
 
     // Resuming a finished run evaluates it again and changes nothing else.
     let before = std::fs::read(run.join("distilled.safetensors")).unwrap();

@@ -41,6 +41,7 @@ pub struct Args {
     /// unless this is given).
     #[arg(long)]
     pub lr: Option<f32>,
+    /// Training batch size, in images.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// DSA strategy while training, or `none`.

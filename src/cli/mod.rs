@@ -2,6 +2,7 @@
 
 mod bench;
 mod buffer;
+mod compare;
 mod datasets;
 mod demo;
 mod distill;
@@ -78,6 +79,16 @@ pub enum Command {
     /// Open a window on a run directory or an artifact: images, curves, storage (live).
     #[cfg(feature = "viewer")]
     View(view::Args),
+    /// Compare runs at equal storage: one table, compare.png and compare.json.
+    Compare(compare::Args),
+    /// Print shell completions: `haba completions bash > /etc/bash_completion.d/haba`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for: bash, zsh, fish, elvish or powershell.
+    pub shell: clap_complete::Shell,
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -92,6 +103,12 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Export(args)) => export::run(&cli.common, args),
         #[cfg(feature = "viewer")]
         Some(Command::View(args)) => view::run(&cli.common, args),
+        Some(Command::Compare(args)) => compare::run(args),
+        Some(Command::Completions(args)) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut command, "haba", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 
@@ -107,4 +124,33 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_prefix(what.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every flag and argument of every subcommand has a line of help.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "haba", &mut missing);
+        assert!(missing.is_empty(), "no help for: {missing:?}");
+        assert!(cmd.get_subcommands().any(|s| s.get_name() == "completions"));
+    }
 }

@@ -19,6 +19,10 @@ pub struct Args {
     /// Save a screenshot of the window to this PNG after the first frames, then close.
     #[arg(long)]
     pub screenshot: Option<PathBuf>,
+    /// Colours: true-colour (de-normalised, clamped) or stretch (each image to its own
+    /// range, shows what saturates in true colour).
+    #[arg(long, default_value = "true-colour")]
+    pub display: haba::report::Display,
 }
 
 pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
@@ -29,6 +33,7 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         view: args.view,
         screenshot: args.screenshot,
         data_dir: common.data_dir.clone(),
+        display: args.display,
     })
     .with_context(|| format!("viewing {}", args.run.display()))
 }

@@ -7,7 +7,8 @@
 //! RUN/checkpoint.safetensors   every learned tensor, optimiser momentum and the iteration
 //! RUN/metrics.jsonl            one line per logged iteration and per evaluation
 //! RUN/report.json              settings, storage, accuracies, baselines
-//! RUN/bases.png, hallucinated.png
+//! RUN/bases.png, hallucinated.png  true colour; *-stretched.png each image to its range
+//! RUN/curves.png               objective, contrastive terms, accuracy, α, per iteration
 //! ```
 
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use crate::data::{Dataset, LabelledImages, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::{EvalConfig, EvalProgress, EvalResult, evaluate};
 use crate::haba::Factorization;
-use crate::report::{MetricsLog, bases_png, hallucinated_png, metrics_up_to};
+use crate::report::{CURVES_PNG, Display, MetricsLog, bases_png, hallucinated_png, metrics_up_to};
 use crate::train::TrainConfig;
 
 /// The files of one run directory.
@@ -53,6 +54,9 @@ impl RunDir {
     }
     pub fn report(&self) -> PathBuf {
         self.path.join("report.json")
+    }
+    pub fn curves(&self) -> PathBuf {
+        self.path.join(CURVES_PNG)
     }
 
     /// The settings a run was started with.
@@ -134,7 +138,25 @@ pub fn artifact_of(d: &Distiller, data: &Prepared, dataset: &Dataset) -> Artifac
 /// checkpoint on disk is whole.
 pub fn checkpoint(d: &Distiller, data: &Prepared, dataset: &Dataset, run: &RunDir) -> Result<()> {
     write_atomic(&run.checkpoint(), &d.checkpoint().to_bytes()?)?;
-    artifact_of(d, data, dataset).save(&run.artifact())
+    artifact_of(d, data, dataset).save(&run.artifact())?;
+    write_curves(run, &format!("{} on {}", d.cfg.label(), dataset.name))
+}
+
+/// `curves.png` from the run's `metrics.jsonl` so far, so a run on a remote machine can be
+/// judged from one file.
+pub fn write_curves(run: &RunDir, title: &str) -> Result<()> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let text = std::fs::read_to_string(run.metrics()).unwrap_or_default();
+        let curves = crate::report::curves::Curves::parse(&text);
+        write_atomic(
+            &run.curves(),
+            &crate::report::plot::curves_png(&curves, title)?,
+        )?;
+    }
+    #[cfg(target_arch = "wasm32")]
+    let _ = (run, title);
+    Ok(())
 }
 
 /// Continues a run from its last checkpoint: a distiller built from the run's config, with
@@ -277,8 +299,11 @@ pub fn distill(
         checkpoint(d, data, dataset, run)?;
     }
     let artifact = artifact_of(d, data, dataset);
-    bases_png(&run.path, &artifact)?;
-    hallucinated_png(&run.path, &artifact)?;
+    for display in Display::ALL {
+        bases_png(&run.path, &artifact, display)?;
+        hallucinated_png(&run.path, &artifact, display)?;
+    }
     let result = evaluate_now(d, &mut metrics, on_event)?;
+    write_curves(run, &format!("{} on {}", d.cfg.label(), dataset.name))?;
     Ok(result)
 }

@@ -237,7 +237,12 @@ mod tests {
             let y = resample(x.clone(), vec![map]);
             let values = y.clone().into_data().try_to_vec::<f32>().unwrap();
             let grads = (y * u.clone()).sum().backward();
-            let dx = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let dx = x
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
             (values, dx)
         };
         // One row down, one column left: y(0, 1) = x(1, 0), y(0, 2) = x(1, 1).

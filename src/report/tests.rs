@@ -116,14 +116,14 @@ fn run_previews_lay_out_classes_bases_and_hallucinators() {
     let s = preview_scale(6, 5, 2, 2);
     assert_eq!(s, 11);
 
-    let path = bases_png(&dir, &a).unwrap();
+    let path = bases_png(&dir, &a, Display::TrueColour).unwrap();
     assert_eq!(path, dir.join(BASES_PNG));
     let img = image::open(&path).unwrap();
     assert_eq!(img.color(), ColorType::L8, "single-channel bases are grey");
     assert_eq!(img.dimensions(), grid_dims(6, 5, 2, 2, s));
 
     let s = preview_scale(6, 5, 2, 6);
-    let path = hallucinated_png(&dir, &a).unwrap();
+    let path = hallucinated_png(&dir, &a, Display::TrueColour).unwrap();
     let img = image::open(&path).unwrap();
     assert_eq!(img.color(), ColorType::Rgb8);
     assert_eq!(img.dimensions(), grid_dims(6, 5, 2, 6, s));
@@ -287,4 +287,40 @@ fn a_resumed_log_is_cut_back_to_its_checkpoint() {
         "{\"iteration\":1,\"objective\":3.0}\n{\"iteration\":2,\"eval\":{\"mean\":0.5}}\n"
     );
     assert_eq!(metrics_up_to(text, 0), "");
+}
+
+/// The stretched display maps each image (all its channels together) onto [0, 1] after
+/// de-normalising, and its grids carry `-stretched` in their names.
+#[test]
+fn stretched_display_spans_each_image_and_says_so_in_the_file_name() {
+    let rgb = Normalization::MeanStd {
+        mean: vec![0.5; 3],
+        std: vec![2.0; 3],
+    };
+    // Image 0 de-normalises to 0.5 + 2 v: v in {-1, 0, 3} gives -1.5, 0.5, 6.5.
+    let mut v = vec![0.0f32; 2 * 3 * 2];
+    v[0] = -1.0;
+    v[5] = 3.0;
+    v[6..].copy_from_slice(&[0.1, 0.1, 0.1, 0.1, 0.1, 0.1]);
+    let out = displayed(tensor(v.clone(), [2, 3, 1, 2]), &rgb, Display::Stretch).unwrap();
+    assert_eq!(out[0], 0.0);
+    assert_eq!(out[5], 1.0);
+    assert!((out[1] - 2.0 / 8.0).abs() < 1e-6, "{}", out[1]);
+    assert_eq!(&out[6..], &[0.5; 6], "a flat image is mid grey");
+    // True colour clamps the same values instead.
+    let tc = displayed(tensor(v, [2, 3, 1, 2]), &rgb, Display::TrueColour).unwrap();
+    assert_eq!((tc[0], tc[1], tc[5]), (0.0, 0.5, 1.0));
+
+    let dir = scratch_dir("report-stretched");
+    let a = sample_artifact(1, true, true);
+    let path = hallucinated_png(&dir, &a, Display::Stretch).unwrap();
+    assert_eq!(path, dir.join("hallucinated-stretched.png"));
+    let img = image::open(&path).unwrap().to_rgb8();
+    let (lo, hi) = img
+        .pixels()
+        .flat_map(|p| p.0)
+        .fold((255u8, 0u8), |(lo, hi), c| (lo.min(c), hi.max(c)));
+    assert_eq!((lo, hi), (0, 255));
+    let path = bases_png(&dir, &a, Display::Stretch).unwrap();
+    assert_eq!(path, dir.join("bases-stretched.png"));
 }

@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use eframe::egui::{self, Color32, ColorImage, Sense, TextureHandle, TextureOptions, Vec2};
 use egui_plot::{Legend, Line, Plot, Points};
 
-use super::model::{self, Curves, Filter, Rendered, Rgba, Source, Tile};
+use super::model::{self, Curves, Display, Filter, Rendered, Rgba, Source, Tile};
 use super::{Options, View};
 use crate::artifact::Artifact;
 use crate::data::Split;
@@ -66,6 +66,8 @@ pub struct App {
     adapter: String,
     artifact: Artifact,
     textures: Textures,
+    /// True colour or stretched per image (the grids and the what-if row).
+    display: Display,
     curves: Curves,
     report: Option<serde_json::Value>,
     stamps: Stamps,
@@ -89,8 +91,8 @@ fn texture(ctx: &egui::Context, name: String, image: &Rgba) -> TextureHandle {
     )
 }
 
-fn textures_of(ctx: &egui::Context, artifact: &Artifact) -> Result<Textures> {
-    let rendered = Rendered::new(artifact)?;
+fn textures_of(ctx: &egui::Context, artifact: &Artifact, display: Display) -> Result<Textures> {
+    let rendered = Rendered::new(artifact, display)?;
     Ok(Textures {
         bases: rendered
             .bases
@@ -129,9 +131,10 @@ impl App {
         adapter: String,
         artifact: Artifact,
     ) -> Result<Self> {
-        let textures = textures_of(ctx, &artifact)?;
+        let textures = textures_of(ctx, &artifact, options.display)?;
         let zoom = default_zoom(&artifact);
         Ok(Self {
+            display: options.display,
             view: options.view,
             stamps: Stamps::of(&source),
             curves: read_curves(&source),
@@ -170,7 +173,7 @@ impl App {
         let now = Stamps::of(&self.source);
         if now.artifact != self.stamps.artifact {
             match Artifact::load(&self.source.artifact, &self.device)
-                .and_then(|a| Ok((textures_of(ctx, &a)?, a)))
+                .and_then(|a| Ok((textures_of(ctx, &a, self.display)?, a)))
             {
                 Ok((textures, artifact)) => {
                     self.textures = textures;
@@ -249,6 +252,21 @@ impl App {
                 });
         }
         ui.add(egui::Slider::new(&mut self.zoom, 1.0..=16.0).text("zoom"));
+        let before = self.display;
+        ui.horizontal(|ui| {
+            for d in Display::ALL {
+                ui.radio_value(&mut self.display, d, d.describe());
+            }
+        });
+        if self.display != before {
+            match textures_of(ui.ctx(), &self.artifact, self.display) {
+                Ok(textures) => {
+                    self.textures = textures;
+                    self.what_if.dirty = true;
+                }
+                Err(e) => self.set_status(format!("redrawing failed: {e}")),
+            }
+        }
         ui.separator();
         ui.checkbox(&mut self.options.live, "live: follow new checkpoints");
         if ui.button("export view to PNG").clicked() {
@@ -397,7 +415,7 @@ impl App {
                 .bases
                 .clone()
                 .narrow(0, basis, 1);
-            match model::what_if(&self.artifact, image) {
+            match model::what_if(&self.artifact, image, self.display) {
                 Ok(row) => {
                     self.what_if.row = row
                         .iter()
@@ -418,7 +436,13 @@ impl App {
         self.what_if.real = None;
         if let Some(Ok(test)) = &self.what_if.test {
             let result = model::real_image(&self.artifact, test, self.what_if.real_index).and_then(
-                |(image, shown, label)| Ok((shown, label, model::what_if(&self.artifact, image)?)),
+                |(image, shown, label)| {
+                    Ok((
+                        shown,
+                        label,
+                        model::what_if(&self.artifact, image, self.display)?,
+                    ))
+                },
             );
             match result {
                 Ok((shown, label, row)) => {

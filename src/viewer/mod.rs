@@ -87,6 +87,8 @@ pub struct Options {
     pub screenshot: Option<PathBuf>,
     /// Where to look for the dataset's real images (the what-if view).
     pub data_dir: Option<PathBuf>,
+    /// True colour, or each image stretched to its own range.
+    pub display: crate::report::Display,
 }
 
 /// Why a window could not be opened, with what to do instead.

@@ -10,6 +10,8 @@ use burn::tensor::Tensor;
 use crate::artifact::Artifact;
 use crate::data::Normalization;
 use crate::error::{Error, Result};
+pub use crate::report::Display;
+pub use crate::report::curves::Curves;
 
 /// The files a view reads: an artifact, and when it sits in a run directory that
 /// directory's metrics and report.
@@ -68,65 +70,6 @@ impl Source {
 /// A file's modification time, `None` when it does not exist (yet).
 pub fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-/// The curves of a run's `metrics.jsonl`: `[iteration, value]` points.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Curves {
-    pub objective: Vec<[f64; 2]>,
-    pub diversity: Vec<[f64; 2]>,
-    pub adversary: Vec<[f64; 2]>,
-    /// The learned learning rate α (MTT).
-    pub lr: Vec<[f64; 2]>,
-    /// Mean evaluation accuracy.
-    pub accuracy: Vec<[f64; 2]>,
-    /// Its standard deviation over the evaluated networks, per point of `accuracy`.
-    pub accuracy_std: Vec<f64>,
-    /// Seconds since the start at the last logged iteration.
-    pub seconds: Option<f64>,
-}
-
-impl Curves {
-    /// Parses `metrics.jsonl`. Lines that are not (yet) whole JSON objects are skipped: a
-    /// running distillation may be writing the last one.
-    pub fn parse(text: &str) -> Self {
-        let mut c = Self::default();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let Some(it) = v.get("iteration").and_then(|i| i.as_f64()) else {
-                continue;
-            };
-            let num = |key: &str| v.get(key).and_then(|x| x.as_f64());
-            if let Some(eval) = v.get("eval") {
-                if let Some(mean) = eval.get("mean").and_then(|m| m.as_f64()) {
-                    c.accuracy.push([it, mean]);
-                    c.accuracy_std
-                        .push(eval.get("std").and_then(|s| s.as_f64()).unwrap_or(0.0));
-                }
-                continue;
-            }
-            for (key, series) in [
-                ("objective", &mut c.objective),
-                ("diversity", &mut c.diversity),
-                ("adversary", &mut c.adversary),
-                ("lr", &mut c.lr),
-            ] {
-                if let Some(x) = num(key).filter(|x| x.is_finite()) {
-                    series.push([it, x]);
-                }
-            }
-            if let Some(s) = num("seconds") {
-                c.seconds = Some(s);
-            }
-        }
-        c
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.objective.is_empty() && self.accuracy.is_empty()
-    }
 }
 
 /// One tile of a grid: an image and what it is.
@@ -237,10 +180,14 @@ pub struct Rgba {
 }
 
 /// Normalised images `[N, C, H, W]` (C = 1 or 3) as RGBA, in the colours the run's PNGs
-/// use ([`crate::report::true_colour`]). Reads them back from the device once.
-pub fn to_rgba(images: Tensor<4>, normalization: &Normalization) -> Result<Vec<Rgba>> {
+/// use for `display` ([`crate::report::displayed`]). Reads them back from the device once.
+pub fn to_rgba(
+    images: Tensor<4>,
+    normalization: &Normalization,
+    display: Display,
+) -> Result<Vec<Rgba>> {
     let [n, c, h, w] = images.dims();
-    let values = crate::report::true_colour(images, normalization).map_err(Error::Config)?;
+    let values = crate::report::displayed(images, normalization, display).map_err(Error::Config)?;
     let plane = h * w;
     let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
     Ok((0..n)
@@ -274,12 +221,12 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    pub fn new(artifact: &Artifact) -> Result<Self> {
+    pub fn new(artifact: &Artifact, display: Display) -> Result<Self> {
         let f = &artifact.factorization;
-        let bases = to_rgba(f.bases.clone(), &artifact.normalization)?;
+        let bases = to_rgba(f.bases.clone(), &artifact.normalization, display)?;
         let matrix = if f.hallucinators.is_some() {
             let (images, _) = f.all_images()?;
-            to_rgba(images, &artifact.normalization)?
+            to_rgba(images, &artifact.normalization, display)?
         } else {
             Vec::new()
         };
@@ -298,9 +245,9 @@ pub fn hallucinator_count(artifact: &Artifact) -> usize {
 
 /// The what-if row: one normalised image `[1, Cb, H, W]` (a basis, or a real image brought
 /// to the bases' channels) through every hallucinator.
-pub fn what_if(artifact: &Artifact, image: Tensor<4>) -> Result<Vec<Rgba>> {
+pub fn what_if(artifact: &Artifact, image: Tensor<4>, display: Display) -> Result<Vec<Rgba>> {
     let images = artifact.factorization.every_view(image)?;
-    to_rgba(images, &artifact.normalization)
+    to_rgba(images, &artifact.normalization, display)
 }
 
 /// One real test image of the artifact's dataset, normalised like the run's data and
@@ -338,7 +285,7 @@ fn to_rgba_pixels(pixels: Tensor<4>) -> Result<Rgba> {
         mean: vec![0.0; c],
         std: vec![1.0; c],
     };
-    Ok(to_rgba(pixels, &identity)?.remove(0))
+    Ok(to_rgba(pixels, &identity, Display::TrueColour)?.remove(0))
 }
 
 /// The dataset a run was distilled from, as the CLI loads it.
@@ -408,22 +355,6 @@ mod tests {
     }
 
     #[test]
-    fn metrics_parse_losses_and_evaluations_and_skip_partial_lines() {
-        let text = r#"{"iteration":1,"objective":10.5,"diversity":0.1,"adversary":2.0,"seconds":1.0}
-{"iteration":2,"objective":8.0,"diversity":0.2,"adversary":1.5,"lr":0.01,"seconds":2.0}
-{"iteration":2,"eval":{"accuracies":[0.5,0.7],"mean":0.6,"std":0.1}}
-{"iteration":3,"objec"#;
-        let c = Curves::parse(text);
-        assert_eq!(c.objective, vec![[1.0, 10.5], [2.0, 8.0]]);
-        assert_eq!(c.lr, vec![[2.0, 0.01]]);
-        assert_eq!(c.adversary.len(), 2);
-        assert_eq!(c.accuracy, vec![[2.0, 0.6]]);
-        assert_eq!(c.accuracy_std, vec![0.1]);
-        assert_eq!(c.seconds, Some(2.0));
-        assert!(Curves::parse("").is_empty());
-    }
-
-    #[test]
     fn rgba_of_grey_and_colour_images() {
         use burn::tensor::{Device, TensorData};
         let device = Device::flex();
@@ -432,7 +363,7 @@ mod tests {
             std: vec![0.5],
         };
         let x = Tensor::<4>::from_data(TensorData::new(vec![-1.0f32, 1.0], [1, 1, 1, 2]), &device);
-        let out = to_rgba(x, &norm).unwrap();
+        let out = to_rgba(x, &norm, Display::TrueColour).unwrap();
         assert_eq!(out[0].size, [2, 1]);
         assert_eq!(out[0].bytes, vec![0, 0, 0, 255, 255, 255, 255, 255]);
     }
