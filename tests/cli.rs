@@ -47,6 +47,25 @@ fn datasets_lists_every_known_dataset_and_the_search_path() {
 }
 
 #[test]
+fn completions_cover_every_subcommand() {
+    let dir = temp_dir("completions");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = haba(&["completions", shell], &dir);
+        let t = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{shell}: {}", text(&out));
+        for word in ["distill", "buffer", "compare", "lambda-cos"] {
+            assert!(t.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let out = haba(&["completions", "tcsh"], &dir);
+    assert!(
+        !out.status.success() && text(&out).contains("bash"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn eval_writes_a_json_report_with_every_setting() {
     let dir = temp_dir("eval");
     let json = dir.join("out.json");

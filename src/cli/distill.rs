@@ -39,7 +39,7 @@ pub struct Args {
     /// (default: embedded).
     #[arg(long)]
     pub dataset: Option<String>,
-    /// Bases per class with HaBa, images per class without.
+    /// Bases per class with HaBa, images per class without (10).
     #[arg(long)]
     pub ipc: Option<usize>,
     /// Size HaBa's bases so its total floats do not exceed the plain method's at --ipc.
@@ -48,7 +48,7 @@ pub struct Args {
     /// HaBa's hallucinator networks, shared by all classes (5).
     #[arg(long)]
     pub hallucinators: Option<usize>,
-    /// Hallucinator encoder/decoder kernel size.
+    /// Hallucinator encoder/decoder kernel size, in pixels (3).
     #[arg(long)]
     pub kernel: Option<usize>,
     /// One-channel bases for colour data.
@@ -58,10 +58,10 @@ pub struct Args {
     /// as random filters).
     #[arg(long)]
     pub near_identity: bool,
-    /// Hallucinated views per basis in each step: `sample` (one at random) or `all`.
+    /// DM: hallucinated views per basis in each step: `sample` (one at random) or `all` (all).
     #[arg(long)]
     pub views: Option<Views>,
-    /// meanstd, zca or zca:EPS.
+    /// Preprocessing fitted on the train split: meanstd (the default), zca (eps 0.1) or zca:EPS.
     #[arg(long)]
     pub preprocess: Option<NormKind>,
     /// Distillation iterations (20,000; MTT presets 15,000).
@@ -73,13 +73,13 @@ pub struct Args {
     /// SGD learning rate of the hallucinators (DM 1e-3; HaBa-MTT 100).
     #[arg(long)]
     pub lr_hallucinators: Option<f32>,
-    /// Real images per class per iteration.
+    /// DM: real images per class per iteration (256).
     #[arg(long)]
     pub batch_real: Option<usize>,
-    /// The random network whose embeddings DM matches.
+    /// DM: the random network whose embeddings it matches (ConvNet).
     #[arg(long)]
     pub embedder: Option<Arch>,
-    /// DSA strategy, or `none`.
+    /// DSA strategy, or `none` (all six families: color_crop_cutout_flip_scale_rotate).
     #[arg(long)]
     pub dsa: Option<String>,
     /// Turn off all of HaBa's adversarial contrastive terms.
@@ -97,13 +97,13 @@ pub struct Args {
     /// λ_con, weight of the adversary's supervised contrastive loss (0.1).
     #[arg(long)]
     pub lambda_con: Option<f32>,
-    /// Evaluate every K iterations (0: only at the end).
+    /// Evaluate every K iterations (0, the default: only at the end).
     #[arg(long)]
     pub eval_every: Option<usize>,
     /// Write the artifact and a checkpoint every K iterations (500).
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
-    /// Networks trained by each evaluation.
+    /// Networks trained by each evaluation (5).
     #[arg(long)]
     pub eval_nets: Option<usize>,
     /// Training epochs of each evaluation network (1,000).
@@ -118,26 +118,26 @@ pub struct Args {
     /// MTT: the student network (default: the buffer's model).
     #[arg(long)]
     pub model: Option<Arch>,
-    /// MTT: student SGD steps on synthetic batches per iteration (N).
+    /// MTT: student SGD steps on synthetic batches per iteration, N (30).
     #[arg(long)]
     pub syn_steps: Option<usize>,
-    /// MTT: expert epochs the student steps should cover (M).
+    /// MTT: expert epochs the student steps should cover, M (2).
     #[arg(long)]
     pub expert_epochs: Option<usize>,
-    /// MTT: start epochs are drawn below this.
+    /// MTT: start epochs are drawn below this (20).
     #[arg(long)]
     pub max_start_epoch: Option<usize>,
-    /// MTT: the student's initial learning rate α, learned from there.
+    /// MTT: the student's initial learning rate α, learned from there (0.01).
     #[arg(long)]
     pub lr_teacher: Option<f32>,
-    /// MTT: learning rate of α's own SGD.
+    /// MTT: learning rate of α's own SGD (1e-5).
     #[arg(long)]
     pub lr_lr: Option<f32>,
-    /// MTT: synthetic images per student step (0: all).
+    /// MTT: synthetic images per student step (0, the default: all).
     #[arg(long)]
     pub batch_syn: Option<usize>,
     /// MTT: `graph` (one autodiff graph over every student step, as the reference) or
-    /// `recompute` (the same gradient, memory of one step).
+    /// `recompute` (the same gradient, memory of one step); graph by default.
     #[arg(long)]
     pub unroll: Option<Unroll>,
 }
