@@ -7,6 +7,13 @@ mod cli;
 static ALLOCATOR: haba::alloc::CachingAllocator = haba::alloc::CachingAllocator;
 
 fn main() -> std::process::ExitCode {
+    // `haba compare ... | head` ends quietly, as other command-line tools do, instead of
+    // panicking on the closed pipe (Rust ignores SIGPIPE by default).
+    #[cfg(target_os = "linux")]
+    // SAFETY: restoring the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     haba::alloc::set_cache_limit(haba::alloc::default_cache_limit());
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -43,7 +43,7 @@ pub fn rows_of_report(run: &str, json: &str) -> Result<Vec<Row>> {
         .as_f64()
         .map_or("?".into(), |lr| (lr as f32).to_string());
     let protocol = format!(
-        "{} x {} for {} epochs, lr {lr}",
+        "{} x {}, {} epochs, lr {lr}",
         eval["nets"],
         eval["model"].as_str().unwrap_or("?"),
         eval["epochs"],
@@ -118,7 +118,7 @@ pub fn compare(runs: Vec<Vec<Row>>) -> Result<Vec<Row>> {
 /// The table `haba compare` prints (a Markdown table, so it pastes into a README).
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| run | method | HaBa | floats | images/class | accuracy % | nets | iterations |\n\
+        "| run | method | HaBa | floats | images/class | accuracy % | evaluation | iterations |\n\
          |---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
@@ -132,12 +132,12 @@ pub fn table(rows: &[Row]) -> String {
             r.images_per_class,
             100.0 * r.mean,
             100.0 * r.std,
-            r.nets,
+            r.protocol,
             r.iterations.map_or("-".into(), |i| i.to_string()),
         );
     }
     if let Some(first) = rows.first() {
-        out += &format!("\n{}, evaluated with {}.\n", first.dataset, first.protocol);
+        out += &format!("\nDataset: {}.\n", first.dataset);
     }
     for r in rows.iter().filter(|r| !r.differs.is_empty()) {
         out += &format!("(!) {} {}: {}\n", r.run, r.name, r.differs.join("; "));
@@ -193,7 +193,10 @@ mod tests {
         assert!(rows[2].differs[1].contains("300") || rows[2].differs[1].contains("500"));
         let t = table(&rows);
         assert!(
-            t.contains("| a | haba-dm | yes | 120 | 2.00 | 75.00 ± 5.00 | 2 | 300 |"),
+            t.contains(
+                "| a | haba-dm | yes | 120 | 2.00 | 75.00 ± 5.00 | \
+                 2 x ConvNetW32, 300 epochs, lr 0.01 | 300 |"
+            ),
             "{t}"
         );
         assert!(t.contains("| b | dm (!) |"), "{t}");
