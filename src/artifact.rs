@@ -368,6 +368,12 @@ fn parse(bytes: &[u8], file: &SafeTensors, device: &Device) -> Result<Artifact, 
         .ok_or_else(|| format!("no `{METADATA_KEY}` metadata entry: not written by haba"))?;
     let header: Header = serde_json::from_str(json)
         .map_err(|e| format!("metadata `{METADATA_KEY}` is not a valid header: {e}"))?;
+    if header.format_version == 0 {
+        return Err(format!(
+            "format version 0 was never written by haba (versions start at 1; this \
+             program reads up to {FORMAT_VERSION})"
+        ));
+    }
     if header.format_version > FORMAT_VERSION {
         return Err(format!(
             "format version {} is newer than this program reads ({FORMAT_VERSION}); \
@@ -413,13 +419,32 @@ fn parse(bytes: &[u8], file: &SafeTensors, device: &Device) -> Result<Artifact, 
             return Err(shape_error("bases", &want, found));
         }
     };
+    if n == 0 {
+        return Err("no bases (tensor `bases` is empty): nothing to train on".into());
+    }
     let bases = Tensor::<4>::from_data(
-        TensorData::new(f32_values(bases_view.data()), [n, cb, h, w]),
+        TensorData::new(
+            finite("bases", f32_values(bases_view.data()))?,
+            [n, cb, h, w],
+        ),
         device,
     );
 
     let hallucinators = match &header.hallucinators {
-        None => None,
+        None => {
+            // A file whose metadata lost its hallucinators would silently train on bases.
+            if let Some(name) = file
+                .names()
+                .into_iter()
+                .find(|n| n.starts_with(HALLUCINATOR_PREFIX))
+            {
+                return Err(format!(
+                    "metadata says there are no hallucinators (`hallucinators`: null), but \
+                     the file holds tensor `{name}`"
+                ));
+            }
+            None
+        }
         Some(info) => {
             let shape = HallucinatorShape {
                 count: info.count,
@@ -450,7 +475,16 @@ fn parse(bytes: &[u8], file: &SafeTensors, device: &Device) -> Result<Artifact, 
     };
 
     let normalization = match header.preprocessing {
-        Preprocessing::MeanStd { mean, std } => Normalization::MeanStd { mean, std },
+        Preprocessing::MeanStd { mean, std } => {
+            let mean = finite("metadata mean", mean)?;
+            let std = finite("metadata std", std)?;
+            if let Some(s) = std.iter().find(|&&s| s <= 0.0) {
+                return Err(format!(
+                    "metadata std {s}: a standard deviation must be positive"
+                ));
+            }
+            Normalization::MeanStd { mean, std }
+        }
         Preprocessing::Zca { eps } => {
             let d = img.numel();
             Normalization::Zca {
@@ -527,7 +561,20 @@ fn f32_tensor(file: &SafeTensors, name: &str, expected: &[usize]) -> Result<Vec<
     if view.shape() != expected {
         return Err(shape_error(name, &format!("{expected:?}"), view.shape()));
     }
-    Ok(f32_values(view.data()))
+    finite(&format!("tensor `{name}`"), f32_values(view.data()))
+}
+
+/// `values` when every one is finite, else an error naming `what` and the first bad one:
+/// a NaN that reached training would only show as chance accuracy.
+fn finite(what: &str, values: Vec<f32>) -> Result<Vec<f32>, String> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(values),
+        Some(i) => Err(format!(
+            "{what} holds {} at index {i}: the file is damaged, or the run that wrote it \
+             diverged",
+            values[i]
+        )),
+    }
 }
 
 fn shape_error(name: &str, expected: &str, found: &[usize]) -> String {

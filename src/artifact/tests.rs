@@ -225,6 +225,89 @@ fn bad_files_give_errors_that_name_the_problem() {
     );
 }
 
+/// Writes `src` to `dst` with its `haba` metadata edited as JSON.
+fn rewrite_header(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let bytes = std::fs::read(src).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = meta.metadata().clone().unwrap();
+    let mut header: serde_json::Value = serde_json::from_str(&meta[METADATA_KEY]).unwrap();
+    edit(&mut header);
+    meta.insert(METADATA_KEY.to_string(), header.to_string());
+    let views: Vec<(String, TensorView)> = file.tensors();
+    let out = safetensors::serialize(views, Some(meta)).unwrap();
+    std::fs::write(dst, out).unwrap();
+}
+
+/// Files that parse but could only crash or mislead later are refused at load, naming
+/// what is wrong: no bases, a NaN anywhere, a non-positive std, version 0, and
+/// hallucinator tensors behind a header that says there are none.
+#[test]
+fn damaged_values_and_contradicting_metadata_are_refused() {
+    let dir = scratch_dir("artifact-values");
+    let good = dir.join(FILE_NAME);
+    sample_artifact(3, true, true).save(&good).unwrap();
+    let plain = dir.join("plain.safetensors");
+    sample_artifact(3, false, false).save(&plain).unwrap();
+
+    let empty = dir.join("empty.safetensors");
+    rewrite(&good, &empty, |name, d, s, b| {
+        Some(match name {
+            "labels" | "bases" => {
+                let mut s = s;
+                s[0] = 0;
+                (d, s, Vec::new())
+            }
+            _ => (d, s, b),
+        })
+    });
+    assert!(
+        load_error(&empty).contains("no bases"),
+        "{}",
+        load_error(&empty)
+    );
+
+    for tensor in ["bases", "hallucinators.dec.weight", "zca.whiten"] {
+        let nan = dir.join("nan.safetensors");
+        rewrite(&good, &nan, |name, d, s, mut b| {
+            if name == tensor {
+                b[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+            Some((d, s, b))
+        });
+        let e = load_error(&nan);
+        assert!(
+            e.contains(tensor) && e.contains("NaN at index 1"),
+            "{tensor}: {e}"
+        );
+    }
+
+    let zero_std = dir.join("zero-std.safetensors");
+    rewrite_header(&plain, &zero_std, |h| {
+        h["preprocessing"]["std"][1] = serde_json::json!(0.0)
+    });
+    let e = load_error(&zero_std);
+    assert!(e.contains("std 0") && e.contains("positive"), "{e}");
+
+    let v0 = dir.join("v0.safetensors");
+    rewrite_header(&good, &v0, |h| h["format_version"] = serde_json::json!(0));
+    assert!(
+        load_error(&v0).contains("format version 0"),
+        "{}",
+        load_error(&v0)
+    );
+
+    let lost = dir.join("lost.safetensors");
+    rewrite_header(&good, &lost, |h| {
+        h["hallucinators"] = serde_json::Value::Null
+    });
+    let e = load_error(&lost);
+    assert!(
+        e.contains("no hallucinators") && e.contains("hallucinators."),
+        "{e}"
+    );
+}
+
 #[test]
 fn inconsistent_artifacts_are_not_written() {
     let dir = scratch_dir("artifact-refuse");

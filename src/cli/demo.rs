@@ -114,7 +114,7 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
     super::distill::write_report(&run, &haba_dm, &dataset, &haba_result, &rows[1..])?;
     print_table(&dataset.name, &cfg, &rows);
     println!(
-        "\nrun directory: {} (bases.png, hallucinated.png, report.json)",
+        "\nrun directory: {} (bases.png, hallucinated.png, curves.png, report.json)",
         run.path.display()
     );
     Ok(())

@@ -352,10 +352,18 @@ pub fn load(root: &Path, options: &FolderOptions) -> Result<Dataset, DataError> 
             ((img.height(), img.width()), false)
         }
     };
-    if size.0 == 0 || size.1 == 0 {
+    // DSA's scale and rotation place pixel 0 and the last pixel at -1 and 1: they need
+    // two pixels each way.
+    if size.0 < 2 || size.1 < 2 {
         return Err(DataError::Invalid(format!(
-            "image size must be non-zero, got {}x{}",
-            size.1, size.0
+            "images must be at least 2x2 pixels, got {}x{} (width x height){}",
+            size.1,
+            size.0,
+            if resize {
+                ""
+            } else {
+                " from the first training image"
+            }
         )));
     }
     let (train_px, train_grey) = decode_all(&train_items, size, resize)?;
@@ -414,6 +422,20 @@ mod tests {
         img.write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Png)
             .expect("encode");
         (bytes, img.into_raw())
+    }
+
+    /// One-pixel-high images, which DSA's scale and rotation cannot place, are refused
+    /// when the tree is read, with the size and its source.
+    #[test]
+    fn images_below_2x2_are_refused() {
+        let dir = TempDir::new("folder-thin");
+        let (thin, _) = png_grey(5, 1, 1);
+        dir.write("train/a/0.png", &thin);
+        dir.write("test/a/0.png", &thin);
+        let err = load(dir.path(), &FolderOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 2x2") && err.contains("5x1"), "{err}");
     }
 
     #[test]
