@@ -35,26 +35,9 @@ pub fn set_cache_limit(bytes: usize) {
 /// sets of the official settings without holding much memory other programs could use.
 pub fn default_cache_limit() -> usize {
     const MOST: usize = 3 << 30;
-    physical_memory().map_or(1 << 30, |bytes| (bytes / 8).min(MOST))
-}
-
-#[cfg(target_os = "linux")]
-fn physical_memory() -> Option<usize> {
-    // SAFETY: sysconf reads two constants and touches no memory of ours.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    usize::try_from(pages)
-        .ok()?
-        .checked_mul(usize::try_from(page).ok()?)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn physical_memory() -> Option<usize> {
-    None
+    crate::device::host_memory_bytes()
+        .and_then(|b| usize::try_from(b).ok())
+        .map_or(1 << 30, |bytes| (bytes / 8).min(MOST))
 }
 
 /// A freed block: its address and the layout it was allocated with.

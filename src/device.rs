@@ -238,6 +238,34 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The machine's physical memory, where the system reports it (Linux).
+pub fn host_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// `Ok` when `bytes` (`None`: too many to count) fit in this machine's memory, else the
+/// estimate and the limit in words, for the caller to say what asked for them.
+pub fn fits_in_memory(bytes: Option<u128>) -> std::result::Result<(), String> {
+    // Where the system does not say, 1 TiB: beyond any machine these runs are for.
+    let limit = host_memory_bytes().map_or(1u128 << 40, u128::from);
+    let gb = |b: u128| format!("{:.1} GB", b as f64 / 1e9);
+    match bytes {
+        Some(b) if b <= limit => Ok(()),
+        Some(b) => Err(format!(
+            "needs at least {}, more than this machine's {}",
+            gb(b),
+            gb(limit)
+        )),
+        None => Err(format!(
+            "needs more memory than can be counted (this machine has {})",
+            gb(limit)
+        )),
+    }
+}
+
 /// The memory a run holds: what a GPU's allocator has reserved, or on the CPU backend the
 /// process's peak resident memory.
 pub fn memory_bytes(device: &Device) -> Option<u64> {
@@ -250,6 +278,18 @@ pub fn memory_bytes(device: &Device) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_estimates_beyond_the_machine_are_refused() {
+        assert!(fits_in_memory(Some(1 << 20)).is_ok());
+        let err = fits_in_memory(Some(1 << 60)).unwrap_err();
+        assert!(err.contains("more than this machine's"), "{err}");
+        assert!(
+            fits_in_memory(None)
+                .unwrap_err()
+                .contains("cannot be counted")
+        );
+    }
 
     #[test]
     fn parses_choices_and_rejects_others() {

@@ -8,6 +8,10 @@ use crate::nets::{Arch, Network};
 use crate::rng::Rng;
 use crate::train::{TrainConfig, accuracy, train};
 
+/// More evaluation networks than any protocol trains (the reference uses 5 to 10); a
+/// bound, so that a typo cannot ask for billions.
+pub const MAX_NETS: usize = 10_000;
+
 /// Settings of one evaluation; every field lands in the JSON report.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EvalConfig {
@@ -93,8 +97,18 @@ pub fn evaluate(
     seed: u64,
     on_progress: &mut dyn FnMut(EvalProgress),
 ) -> Result<EvalResult> {
-    if cfg.nets == 0 {
-        return Err(Error::Config("--nets must be at least 1".into()));
+    let max = MAX_NETS;
+    if cfg.nets == 0 || cfg.nets > max {
+        return Err(Error::Config(format!(
+            "the number of networks must be between 1 and {max}, found {}",
+            cfg.nets
+        )));
+    }
+    let lr = cfg.train.sgd.lr;
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(Error::Config(format!(
+            "the learning rate must be a finite number > 0, found {lr}"
+        )));
     }
     let [_, c, h, w] = train_set.images.dims();
     let shape = crate::data::ImageShape {

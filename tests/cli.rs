@@ -109,6 +109,81 @@ fn eval_writes_a_json_report_with_every_setting() {
 #[test]
 fn bad_input_gets_a_clear_error() {
     let dir = temp_dir("errors");
+    let eval = |extra: &'static [&'static str]| -> Vec<&'static str> {
+        let mut a = vec![
+            "eval",
+            "--dataset",
+            "embedded",
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    // Runs that fail go to a scratch --out, never to runs/ in the repository.
+    let out_dir = dir.join("refused-run");
+    let out_dir: &'static str = Box::leak(out_dir.to_str().unwrap().to_string().into_boxed_str());
+    let distill = move |extra: &'static [&'static str]| -> Vec<&'static str> {
+        let mut a = vec![
+            "distill",
+            "--preset",
+            "quick",
+            "--device",
+            "cpu",
+            "--iterations",
+            "1",
+            "--out",
+            out_dir,
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    // Absurd numbers: refused with the bound or the memory estimate, never an abort.
+    let absurd: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            eval(&["--random-real", "100000000000"]),
+            &["fewer than the 100000000000"],
+        ),
+        (
+            eval(&["--random-real", "1", "--nets", "100000000000000"]),
+            &["between 1 and 10000"],
+        ),
+        (
+            eval(&["--random-real", "1", "--model", "ConvNetW99999999999"]),
+            &["width between 1 and 65536"],
+        ),
+        (
+            eval(&["--random-real", "1", "--model", "ConvNetW60000"]),
+            &["parameters", "more than this machine's"],
+        ),
+        (
+            eval(&["--random-real", "1", "--lr", "nan"]),
+            &["learning rate", "NaN"],
+        ),
+        (
+            distill(&["--ipc", "100000000000"]),
+            &["lower ipc", "more than this machine's"],
+        ),
+        (
+            distill(&["--hallucinators", "100000000000"]),
+            &["at most 1024"],
+        ),
+        (distill(&["--lambda-cos", "inf"]), &["λ_cos", "inf"]),
+    ];
+    for (args, needles) in &absurd {
+        let out = haba(args, &dir);
+        let t = text(&out);
+        assert!(!out.status.success(), "{args:?} should fail:\n{t}");
+        assert!(
+            !t.contains("panicked") && !t.contains("memory allocation"),
+            "{args:?}:\n{t}"
+        );
+        for n in *needles {
+            assert!(t.contains(n), "{args:?}: `{n}` missing from:\n{t}");
+        }
+    }
     let cases: [(&[&str], &[&str]); 5] = [
         (
             &[

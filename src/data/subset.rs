@@ -17,14 +17,19 @@ pub fn random_per_class(
             list.push(i);
         }
     }
+    // Checked before anything is allocated: an absurd count is an error, not an abort.
+    if let Some((class, list)) = by_class
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.len() < per_class)
+    {
+        return Err(DataError::Invalid(format!(
+            "class {class} has {} training images, fewer than the {per_class} asked for",
+            list.len()
+        )));
+    }
     let mut chosen = Vec::with_capacity(classes * per_class);
-    for (class, list) in by_class.iter_mut().enumerate() {
-        if list.len() < per_class {
-            return Err(DataError::Invalid(format!(
-                "class {class} has {} training images, fewer than the {per_class} asked for",
-                list.len()
-            )));
-        }
+    for list in by_class.iter_mut() {
         rng.shuffle(list);
         chosen.extend_from_slice(&list[..per_class]);
     }

@@ -189,6 +189,10 @@ impl Default for EvalSettings {
     }
 }
 
+/// More hallucinators than anyone trains (the paper uses 5); a bound, so that a typo
+/// cannot ask for billions.
+pub const MAX_HALLUCINATORS: usize = 1024;
+
 /// One distillation run.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -485,8 +489,43 @@ impl DistillConfig {
                 return bad(format!("{name} must be a finite number >= 0, found {v}"));
             }
         }
-        if self.eval.nets == 0 || self.eval.epochs == 0 {
-            return bad("eval.nets and eval.epochs must be at least 1".into());
+        let w = &self.contrastive_weights;
+        for (name, v) in [
+            ("contrastive_weights.cos (λ_cos)", w.cos),
+            ("contrastive_weights.cls (λ_cls)", w.cls),
+            ("contrastive_weights.like (λ_like)", w.like),
+            ("contrastive_weights.con (λ_con)", w.con),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return bad(format!("{name} must be a finite number >= 0, found {v}"));
+            }
+        }
+        if !(w.temperature.is_finite() && w.temperature > 0.0) {
+            return bad(format!(
+                "contrastive_weights.temperature (SupCon's τ, 0.07) must be a finite number > 0, \
+                 found {}",
+                w.temperature
+            ));
+        }
+        if self.hallucinators > MAX_HALLUCINATORS {
+            return bad(format!(
+                "hallucinators must be at most {MAX_HALLUCINATORS} (the paper uses 5), found {}",
+                self.hallucinators
+            ));
+        }
+        let max_nets = crate::eval::MAX_NETS;
+        if self.eval.nets == 0 || self.eval.epochs == 0 || self.eval.nets > max_nets {
+            return bad(format!(
+                "eval.nets must be between 1 and {max_nets} and eval.epochs at least 1, \
+                 found {} and {}",
+                self.eval.nets, self.eval.epochs
+            ));
+        }
+        if !(self.eval.lr.is_finite() && self.eval.lr > 0.0) {
+            return bad(format!(
+                "eval.lr must be a finite number > 0, found {}",
+                self.eval.lr
+            ));
         }
         if self.checkpoint_every == 0 {
             return bad("checkpoint_every must be at least 1".into());

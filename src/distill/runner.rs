@@ -41,7 +41,15 @@ pub fn budget_bases_per_class(
     classes: usize,
     hal: &HallucinatorShape,
 ) -> Result<usize> {
-    let budget = ipc * classes * image.numel();
+    let budget = ipc
+        .checked_mul(classes)
+        .and_then(|n| n.checked_mul(image.numel()))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "ipc {ipc} for {classes} classes of {} floats overflows",
+                image.numel()
+            ))
+        })?;
     let fits = |hal: &HallucinatorShape| {
         let per_basis = hal.basis_channels * image.height * image.width;
         budget.saturating_sub(hal.num_params()) / (classes * per_basis)
@@ -154,6 +162,26 @@ impl Distiller {
         } else {
             image.channels
         };
+        // A lower bound on what a step holds: the bases with their gradient and momentum,
+        // the hallucinators likewise, and every image the bases make.
+        let sets = classes as u128 * bases_per_class as u128;
+        let views = if cfg.haba {
+            cfg.hallucinators as u128
+        } else {
+            1
+        };
+        let hal_floats = if cfg.haba {
+            hal_shape.num_params() as u128
+        } else {
+            0
+        };
+        let per_basis = (channels * image.height * image.width) as u128;
+        let floats = 3 * sets * per_basis + sets * views * image.numel() as u128 + 3 * hal_floats;
+        crate::device::fits_in_memory(Some(4 * floats)).map_err(|why| {
+            Error::Config(format!(
+                "{bases_per_class} bases per class for {classes} classes {why}: lower ipc"
+            ))
+        })?;
         let (bases, labels) = init_bases(
             &data.train,
             classes,

@@ -56,7 +56,7 @@ impl ConvNet {
                     return Err(unsupported(
                         &format!("ConvNet of depth {}", cfg.depth),
                         shape,
-                        &format!("sides of at least {} pixels", 1 << cfg.depth),
+                        &format!("sides of at least {} pixels", 1u64 << cfg.depth.min(63)),
                     ));
                 }
                 (h, w) = (h / 2, w / 2);

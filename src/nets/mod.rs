@@ -93,9 +93,10 @@ impl Network {
         let mut l = Layout::default();
         let body = match *arch {
             Arch::ConvNet(ref cfg) => {
-                if cfg.width == 0 || cfg.depth == 0 {
+                if cfg.width == 0 || cfg.depth == 0 || cfg.width > 1 << 16 || cfg.depth > 32 {
                     return Err(NetError::Invalid(format!(
-                        "ConvNet needs a width and depth of at least 1 (got {arch})"
+                        "ConvNet needs a width between 1 and 65536 and a depth between 1 and \
+                         32 (got {arch}; the reference's is width 128, depth 3)"
                     )));
                 }
                 Body::ConvNet(convnet::ConvNet::new(&mut l, cfg, shape, classes)?)
@@ -110,6 +111,10 @@ impl Network {
             Arch::LeNet => Body::LeNet(lenet::LeNet::new(&mut l, shape, classes)?),
             Arch::Mlp => Body::Mlp(mlp::Mlp::new(&mut l, shape, classes)?),
         };
+        let floats = l.num_params() as u128 + l.num_buffers() as u128;
+        crate::device::fits_in_memory(Some(4 * floats)).map_err(|why| {
+            NetError::Invalid(format!("{arch} has {floats} parameters, which {why}"))
+        })?;
         Ok(Network {
             arch: *arch,
             shape,
