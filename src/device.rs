@@ -287,7 +287,7 @@ mod tests {
         assert!(
             fits_in_memory(None)
                 .unwrap_err()
-                .contains("cannot be counted")
+                .contains("than can be counted")
         );
     }
 
