@@ -78,6 +78,8 @@ impl Checkpoint {
     }
 
     /// The safetensors bytes: every tensor as f32, the iteration in the metadata.
+    /// A non-finite value is an error naming the tensor and the iteration, so a diverged
+    /// run stops before it writes anything over its last good checkpoint.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let raw = self
             .tensors
@@ -86,6 +88,13 @@ impl Checkpoint {
                 let v = t.try_to_vec_as::<f32>().map_err(|e| {
                     Error::Device(format!("reading `{name}` for the checkpoint: {e}"))
                 })?;
+                if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+                    return Err(Error::NonFinite(format!(
+                        "`{name}` holds {bad} at iteration {}; the last checkpoint on disk \
+                         is kept: resume from it with lower learning rates",
+                        self.iteration
+                    )));
+                }
                 Ok((name, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
             })
             .collect::<Result<Vec<(&String, Vec<u8>)>>>()?;
@@ -159,5 +168,13 @@ mod tests {
         assert!(back.require::<1>("missing", [1]).is_err());
         assert!(back.remaining().is_empty());
         assert!(Checkpoint::from_bytes(b"garbage", &device).is_err());
+        // A diverged tensor is refused before anything is encoded.
+        let mut bad = Checkpoint::new(7);
+        bad.put(
+            "b",
+            &Tensor::<1>::from_floats([1.0, f32::INFINITY], &device),
+        );
+        let err = bad.to_bytes().unwrap_err().to_string();
+        assert!(err.contains("`b` holds inf at iteration 7"), "{err}");
     }
 }

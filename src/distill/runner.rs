@@ -333,7 +333,9 @@ impl Distiller {
         let objective = objective.into_scalar::<f32>();
         if !objective.is_finite() {
             return Err(Error::NonFinite(format!(
-                "the {} loss became {objective} at iteration {}; lower lr_bases",
+                "the {} loss became {objective} at iteration {}; the last checkpoint on disk \
+                 is kept: lower the learning rates (lr_bases, lr_hallucinators) and start \
+                 again or resume",
                 self.cfg.method, self.iteration
             )));
         }
