@@ -22,8 +22,15 @@ fn split(
     labels: (&str, &[u8]),
 ) -> Result<(super::Split, super::ImageShape), DataError> {
     let (ipath, lpath) = (Path::new(images.0), Path::new(labels.0));
-    let img = idx::parse_images(ipath, gunzip_if_gz(ipath, images.1.to_vec())?)?;
-    let lab = idx::parse_labels(lpath, &gunzip_if_gz(lpath, labels.1.to_vec())?, 10)?;
+    let img = idx::parse_images(
+        ipath,
+        gunzip_if_gz(ipath, images.1.to_vec(), idx::promised_len)?,
+    )?;
+    let lab = idx::parse_labels(
+        lpath,
+        &gunzip_if_gz(lpath, labels.1.to_vec(), idx::promised_len)?,
+        10,
+    )?;
     idx::pair(img, lab, ipath, lpath)
 }
 

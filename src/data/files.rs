@@ -14,25 +14,53 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, DataError> {
 }
 
 /// Reads a whole file and gunzips it when it starts with the gzip magic, so that both the
-/// downloaded `.gz` and an unpacked copy work whatever the file is called.
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    gunzip_if_gz(path, read(path)?)
+/// downloaded `.gz` and an unpacked copy work whatever the file is called. `promised`
+/// reads the unpacked size from the first bytes of the content (see [`gunzip_if_gz`]).
+pub(crate) fn read_maybe_gz(
+    path: &Path,
+    promised: impl Fn(&[u8]) -> Option<usize>,
+) -> Result<Vec<u8>, DataError> {
+    gunzip_if_gz(path, read(path)?, promised)
 }
 
+/// Bytes of content inflated before `promised` is asked for the whole size: enough for
+/// any header it reads.
+const HEAD: u64 = 64;
+
 /// Unpacks `raw` if it is gzipped (by its magic bytes); `path` names it in errors.
-pub(crate) fn gunzip_if_gz(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
+///
+/// A small damaged or malicious stream can inflate to gigabytes, so it is unpacked only
+/// as far as its content's own header promises (`promised` of the first bytes), or, when
+/// that cannot be read, as far as deflate's largest ratio (about 1032x) allows, and is
+/// refused the moment it goes beyond.
+pub(crate) fn gunzip_if_gz(
+    path: &Path,
+    raw: Vec<u8>,
+    promised: impl Fn(&[u8]) -> Option<usize>,
+) -> Result<Vec<u8>, DataError> {
     if !raw.starts_with(&GZIP_MAGIC) {
         return Ok(raw);
     }
-    // The gzip trailer holds the unpacked size (mod 2^32); deflate expands at most ~1032x,
-    // which bounds what a corrupt trailer can make us reserve.
-    let trailer = raw.len().checked_sub(4).map_or(0, |at| {
-        u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]) as usize
-    });
-    let mut out = Vec::with_capacity(trailer.min(raw.len().saturating_mul(1032)));
-    flate2::read::MultiGzDecoder::new(raw.as_slice())
+    let corrupt =
+        |e: std::io::Error| format_err(path, "a valid gzip stream", format!("corrupt data ({e})"));
+    let mut z = flate2::read::MultiGzDecoder::new(raw.as_slice());
+    let mut out = Vec::new();
+    (&mut z).take(HEAD).read_to_end(&mut out).map_err(corrupt)?;
+    let deflate_bound = raw.len().saturating_mul(1032);
+    let limit = promised(&out).unwrap_or(deflate_bound);
+    out.reserve(limit.min(deflate_bound).saturating_sub(out.len()));
+    let rest = limit.saturating_sub(out.len()) as u64;
+    (&mut z)
+        .take(rest.saturating_add(1))
         .read_to_end(&mut out)
-        .map_err(|e| format_err(path, "a valid gzip stream", format!("corrupt data ({e})")))?;
+        .map_err(corrupt)?;
+    if out.len() > limit {
+        return Err(format_err(
+            path,
+            format!("a gzip stream of at most {limit} bytes, as its content's header promises"),
+            "more: a damaged file, or one built to exhaust memory",
+        ));
+    }
     Ok(out)
 }
 

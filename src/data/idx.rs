@@ -96,9 +96,21 @@ fn header(path: &Path, bytes: &[u8], magic: u32, what: &str) -> Result<Vec<usize
     }
 }
 
+/// The total size an IDX file's header promises (header and values, one byte each), from
+/// its first bytes; `None` when they are too few or the size overflows.
+pub(crate) fn promised_len(prefix: &[u8]) -> Option<usize> {
+    let be_u32 = |at: usize| -> Option<usize> {
+        let b = prefix.get(at..at + 4)?;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let ndim = be_u32(0)? & 0xff;
+    let values = (0..ndim).try_fold(1usize, |n, d| n.checked_mul(be_u32(4 + 4 * d)?))?;
+    values.checked_add(4 + 4 * ndim)
+}
+
 /// Reads an IDX image file (raw or gzipped).
 pub fn read_images(path: &Path) -> Result<IdxImages, DataError> {
-    parse_images(path, read_maybe_gz(path)?)
+    parse_images(path, read_maybe_gz(path, promised_len)?)
 }
 
 /// Parses the unpacked bytes of an IDX image file; `path` names it in errors.
@@ -117,7 +129,7 @@ pub fn parse_images(path: &Path, mut bytes: Vec<u8>) -> Result<IdxImages, DataEr
 
 /// Reads an IDX label file (raw or gzipped) and checks every label is below `classes`.
 pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u16>, DataError> {
-    parse_labels(path, &read_maybe_gz(path)?, classes)
+    parse_labels(path, &read_maybe_gz(path, promised_len)?, classes)
 }
 
 /// Parses the unpacked bytes of an IDX label file; `path` names it in errors.
@@ -281,6 +293,29 @@ mod tests {
         assert_eq!(ds.train.labels, vec![9, 0, 4]);
         assert_eq!(ds.test.images, test_px);
         assert_eq!(ds.test.labels, vec![1, 2]);
+    }
+
+    /// A gzip bomb: a header promising one 2x2 image, followed by 50 MB of zeros that
+    /// compress to a quarter of a megabyte. It is refused after inflating what the header
+    /// promises plus one byte, not after inflating it all.
+    #[test]
+    fn gzip_streams_unpack_no_further_than_their_header_promises() {
+        let dir = TempDir::new("idx-bomb");
+        let mut bomb = images_file(1, 2, 2, &[1, 2, 3, 4]);
+        bomb.resize(50 << 20, 0);
+        let packed = gzip(&bomb);
+        assert!(packed.len() < 500_000, "{} bytes", packed.len());
+        let path = dir.path().join("bomb-idx3-ubyte.gz");
+        std::fs::write(&path, &packed).unwrap();
+        let err = read_images(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("at most 20 bytes") && err.contains("bomb-idx3"),
+            "{err}"
+        );
+        assert_eq!(promised_len(&images_file(3, 4, 5, &[])), Some(16 + 60));
+        assert_eq!(promised_len(&[0, 0, 8]), None, "too short to read");
+        let huge = images_file(u32::MAX, u32::MAX, u32::MAX, &[]);
+        assert_eq!(promised_len(&huge), None, "overflows");
     }
 
     #[test]

@@ -285,11 +285,21 @@ fn inflate(compressed: &[u8]) -> std::io::Result<Vec<u8>> {
     // Either byte order: the larger reading of the count bounds the size from above.
     let le = u32::from_le_bytes([tag[4], tag[5], tag[6], tag[7]]) as usize;
     let be = u32::from_be_bytes([tag[4], tag[5], tag[6], tag[7]]) as usize;
-    // Deflate expands at most ~1032x, which caps what a corrupt count can make us reserve.
-    let cap = le.max(be).min(compressed.len().saturating_mul(1032)) + 16;
-    let mut out = Vec::with_capacity(cap);
+    // Deflate expands at most ~1032x, which caps what a corrupt count can make us reserve;
+    // the element never unpacks beyond its tag and the count it declares (padded to 8),
+    // so a stream built to inflate to gigabytes stops there.
+    let declared = le.max(be) + 16;
+    let mut out = Vec::with_capacity(declared.min(compressed.len().saturating_mul(1032)));
     out.extend_from_slice(&tag);
-    z.read_to_end(&mut out)?;
+    (&mut z)
+        .take((declared - tag.len()) as u64 + 1)
+        .read_to_end(&mut out)?;
+    if out.len() > declared {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("a compressed element unpacks beyond the {declared} bytes its tag declares"),
+        ));
+    }
     Ok(out)
 }
 
