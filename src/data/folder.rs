@@ -78,18 +78,36 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 
 /// Sorted names of the subdirectories of `dir`.
 fn subdirs(dir: &Path) -> Result<Vec<String>, DataError> {
-    Ok(entries(dir)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| Some(p.file_name()?.to_str()?.to_string()))
-        .collect())
+    let mut names = Vec::new();
+    for p in entries(dir)?.into_iter().filter(|p| p.is_dir()) {
+        // Class names go into artifacts and reports as text: a folder whose name is not
+        // UTF-8 would otherwise vanish without a word, and its images with it.
+        match p.file_name().and_then(|n| n.to_str()) {
+            Some(name) => names.push(name.to_string()),
+            None => {
+                return Err(format_err(
+                    &p,
+                    "class folder names in UTF-8",
+                    "a name that is not: rename the folder",
+                ));
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Whether `path` is itself a symbolic link (not whatever it points to).
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Every image file below `dir`, in sorted order.
 fn images_below(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
     for path in entries(dir)? {
         if path.is_dir() {
-            if depth < MAX_DEPTH {
+            // A linked folder inside a class usually points at images already in the tree
+            // (or at the tree itself): following it would count them twice.
+            if depth < MAX_DEPTH && !is_symlink(&path) {
                 images_below(&path, depth + 1, out)?;
             }
         } else if is_image(&path) {
@@ -422,6 +440,38 @@ mod tests {
         img.write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Png)
             .expect("encode");
         (bytes, img.into_raw())
+    }
+
+    /// A linked folder inside a class is not followed (its images would count twice);
+    /// a class folder whose name is not UTF-8 is an error, not a silent omission.
+    #[cfg(unix)]
+    #[test]
+    fn linked_folders_are_not_followed_and_non_utf8_names_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = TempDir::new("folder-links");
+        let (a, _) = png_grey(3, 3, 1);
+        dir.write("train/a/x/0.png", &a);
+        dir.write("train/b/0.png", &a);
+        dir.write("test/a/0.png", &a);
+        dir.write("test/b/0.png", &a);
+        std::os::unix::fs::symlink(
+            dir.path().join("train/a/x"),
+            dir.path().join("train/a/again"),
+        )
+        .unwrap();
+        let ds = load(dir.path(), &FolderOptions::default()).unwrap();
+        assert_eq!(
+            ds.train.labels,
+            [0, 1],
+            "the linked folder's image counted once"
+        );
+
+        let odd = std::ffi::OsStr::from_bytes(b"c\xff");
+        std::fs::create_dir_all(dir.path().join("train").join(odd)).unwrap();
+        let err = load(dir.path(), &FolderOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("UTF-8"), "{err}");
     }
 
     /// One-pixel-high images, which DSA's scale and rotation cannot place, are refused
