@@ -281,14 +281,21 @@ pub struct MetricsLog {
 
 /// Keeps only the records of `text` (a `metrics.jsonl`) up to `iteration`: what a run
 /// resumed from its checkpoint at `iteration` logs again must not appear twice. Lines that
-/// are not whole records (a crash mid-write) are dropped too.
-pub fn metrics_up_to(text: &str, iteration: usize) -> String {
+/// are not whole records (a crash mid-write) are dropped too. `final_eval_again`: the run
+/// is finished and its resumption evaluates once more, so an evaluation logged at
+/// `iteration` goes too (a mid-run one at a checkpoint came before it and stays).
+pub fn metrics_up_to(text: &str, iteration: usize, final_eval_again: bool) -> String {
     let mut out = String::new();
     for line in text.lines() {
-        let it = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("iteration").and_then(|i| i.as_u64()));
-        if it.is_some_and(|i| i as usize <= iteration) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let it = v
+            .get("iteration")
+            .and_then(|i| i.as_u64())
+            .map(|i| i as usize);
+        let again = final_eval_again && it == Some(iteration) && v.get("eval").is_some();
+        if it.is_some_and(|i| i <= iteration) && !again {
             out.push_str(line);
             out.push('\n');
         }

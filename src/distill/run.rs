@@ -167,24 +167,32 @@ pub fn resume(run: &RunDir, data: &Prepared) -> Result<Distiller> {
     let cfg = run.read_config()?;
     let mut d = Distiller::new(cfg, data)?;
     let path = run.checkpoint();
-    let bytes = std::fs::read(&path).map_err(|source| Error::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let device = data.train.images.device();
-    let ck = Checkpoint::from_bytes(&bytes, &device).map_err(|reason| Error::Artifact {
-        path: path.clone(),
-        reason,
-    })?;
-    d.restore(ck).map_err(|e| Error::Artifact {
-        path,
-        reason: e.to_string(),
-    })?;
+    // Stopped before its first checkpoint: the run starts again from its config, which
+    // is where an uninterrupted run started too.
+    if path.exists() {
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let device = data.train.images.device();
+        let ck = Checkpoint::from_bytes(&bytes, &device).map_err(|reason| Error::Artifact {
+            path: path.clone(),
+            reason,
+        })?;
+        d.restore(ck).map_err(|e| Error::Artifact {
+            path,
+            reason: e.to_string(),
+        })?;
+    }
     // Iterations after the checkpoint will run and be logged again.
     let metrics = run.metrics();
     if metrics.exists() {
         let text = read_text(&metrics)?;
-        write_atomic(&metrics, metrics_up_to(&text, d.iteration).as_bytes())?;
+        let finished = d.iteration >= d.cfg.iterations;
+        write_atomic(
+            &metrics,
+            metrics_up_to(&text, d.iteration, finished).as_bytes(),
+        )?;
     }
     Ok(d)
 }

@@ -281,12 +281,17 @@ fn report_json_is_written_whole() {
 fn a_resumed_log_is_cut_back_to_its_checkpoint() {
     let text = "{\"iteration\":1,\"objective\":3.0}\n{\"iteration\":2,\"eval\":{\"mean\":0.5}}\n\
                 {\"iteration\":3,\"objective\":2.0}\n{\"iteration\":4,\"obj";
-    let cut = metrics_up_to(text, 2);
+    let cut = metrics_up_to(text, 2, false);
     assert_eq!(
         cut,
         "{\"iteration\":1,\"objective\":3.0}\n{\"iteration\":2,\"eval\":{\"mean\":0.5}}\n"
     );
-    assert_eq!(metrics_up_to(text, 0), "");
+    assert_eq!(metrics_up_to(text, 0, false), "");
+    // A finished run evaluates again on resume: its final evaluation is dropped.
+    assert_eq!(
+        metrics_up_to(text, 2, true),
+        "{\"iteration\":1,\"objective\":3.0}\n"
+    );
 }
 
 /// The stretched display maps each image (all its channels together) onto [0, 1] after
