@@ -23,10 +23,10 @@ use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::on_flex;
+use super::{FlexTensor, flex, on_flex, values};
 
 /// `conv2d(x, weight, bias, options)`, fused on the CPU backend where it can be (see the
 /// module docs). Differentiable in all three on autodiff devices.
@@ -63,8 +63,6 @@ pub fn conv2d(
         pad,
     ))
 }
-
-type FlexTensor = FloatTensor<Flex>;
 
 /// The sizes of one convolution, from the input's and the weight's shapes.
 #[derive(Clone, Copy, Debug)]
@@ -237,14 +235,6 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
             gemm::Parallelism::None,
         );
     }
-}
-
-fn values(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("made contiguous f32 first")
-}
-
-fn flex(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
 
 /// Forward and backward on an execution backend (no autodiff).
@@ -478,7 +468,7 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::Device;
+    use burn::tensor::{Device, TensorData};
 
     use super::*;
     use crate::rng::Rng;

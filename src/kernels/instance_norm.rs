@@ -20,7 +20,7 @@ use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::on_flex;
+use super::{FlexTensor, dims4, flex, on_flex, values};
 use crate::nets::EPS;
 
 /// `(x - mean) / sqrt(var + eps) * weight[c] + bias[c]` per (sample, channel) plane of
@@ -76,18 +76,6 @@ fn moments(plane: &[f32]) -> (f32, f32) {
     (mean, 1.0 / (var + EPS as f32).sqrt())
 }
 
-/// The values of a contiguous tensor, exactly its elements.
-fn values(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("made contiguous f32 first")
-}
-
-type FlexTensor = FloatTensor<Flex>;
-
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let s = t.layout().shape();
-    [s[0], s[1], s[2], s[3]]
-}
-
 /// The elements of a tensor from [`writable`], to overwrite.
 fn elements_mut(t: &mut FlexTensor) -> &mut [f32] {
     let len = t.layout().num_elements();
@@ -108,7 +96,7 @@ fn writable(t: FlexTensor) -> FlexTensor {
 
 fn flex_vector(values: Vec<f32>) -> FlexTensor {
     let len = values.len();
-    FlexTensor::from_data(TensorData::new(values, [len]))
+    flex(values, &[len])
 }
 
 /// Forward and backward on an execution backend (no autodiff).

@@ -25,8 +25,9 @@ pub mod conv;
 pub mod instance_norm;
 pub mod resample;
 
-use burn::backend::{CubeDevice, DispatchDevice};
-use burn::tensor::Device;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{CubeDevice, DispatchDevice, Flex};
+use burn::tensor::{Device, TensorData};
 
 /// The name cubecl gives a wgpu runtime whose compiler emits WGSL.
 ///
@@ -64,4 +65,22 @@ fn execution_device(device: &DispatchDevice) -> &DispatchDevice {
         DispatchDevice::Autodiff(inner) => execution_device(inner),
         other => other,
     }
+}
+
+/// A tensor of the CPU backend, as our fused ops receive and return them.
+type FlexTensor = FloatTensor<Flex>;
+
+/// The values of a contiguous f32 tensor, exactly its elements.
+fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("made contiguous f32 first")
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// A CPU tensor of `shape` holding `values`.
+fn flex(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }

@@ -15,10 +15,10 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::on_flex;
+use super::{FlexTensor, dims4, flex, on_flex, values};
 
 /// Where one sample's output pixel `(i, j)` reads from.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -124,21 +124,14 @@ pub fn resample(x: Tensor<4>, maps: Vec<Map>) -> Tensor<4> {
     Tensor::from_dispatch(Dispatch::resample(x.into_dispatch(), Arc::new(maps)))
 }
 
-type FlexTensor = FloatTensor<Flex>;
-
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let s = t.layout().shape();
-    [s[0], s[1], s[2], s[3]]
-}
-
 /// Forward (gather) or backward (scatter), plane by plane.
 fn apply(x: FlexTensor, maps: &[Map], backward: bool) -> FlexTensor {
     let x = x.to_contiguous();
     let dims @ [_, c, h, w] = dims4(&x);
-    let values = x.as_slice::<f32>().expect("contiguous f32");
-    let mut out = vec![0.0f32; values.len()];
+    let src = values(&x);
+    let mut out = vec![0.0f32; src.len()];
     out.par_chunks_mut(h * w)
-        .zip(values.par_chunks(h * w))
+        .zip(src.par_chunks(h * w))
         .enumerate()
         .for_each(|(i, (dst, src))| {
             let map = maps[if maps.len() == 1 { 0 } else { i / c }];
@@ -148,7 +141,7 @@ fn apply(x: FlexTensor, maps: &[Map], backward: bool) -> FlexTensor {
                 visit(map, h, w, |p, q, weight| dst[p] += weight * src[q]);
             }
         });
-    FlexTensor::from_data(TensorData::new(out, dims))
+    flex(out, &dims)
 }
 
 /// Forward and backward on an execution backend (no autodiff).
@@ -214,7 +207,7 @@ impl<B: ResampleKernels, C: CheckpointStrategy> ResampleBackend for Autodiff<B, 
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::Device;
+    use burn::tensor::{Device, TensorData};
 
     use super::*;
 
