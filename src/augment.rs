@@ -4,7 +4,9 @@
 //!
 //! Every family is an affine map of the pixel values whose coefficients do not depend on the
 //! images, so it is built from ordinary tensor ops and gradients reach the images on any
-//! device, autodiff included. All randomness is drawn on the host from [`Rng`], so a seed fully
+//! device, autodiff included. On the CPU backend the geometric families (crop, flip, scale,
+//! rotate) run as one fused op instead ([`crate::kernels::resample`]), tested against these
+//! tensor ops. All randomness is drawn on the host from [`Rng`], so a seed fully
 //! determines the augmentation on every backend.
 //!
 //! Two ways to spend one seed:
@@ -995,8 +997,6 @@ mod tests {
         }
     }
 
-    /// One small call on wgpu (lavapipe on CPU-only machines), compared with flex: the
-    /// rotation uses Burn's grid sampling kernel, the least trivial op here.
     /// On `flex`, crop, flip, scale and rotate run as [`resample`]: the same values and
     /// gradients as the tensor ops other devices run, per sample and Siamese, on a
     /// non-square image.
@@ -1041,6 +1041,8 @@ mod tests {
         }
     }
 
+    /// One small call on wgpu (lavapipe on CPU-only machines), compared with flex: the
+    /// rotation uses Burn's grid sampling kernel there and our resampling here.
     #[test]
     fn wgpu_agrees_with_flex() {
         let dims = [2, 3, 8, 8];
