@@ -114,3 +114,84 @@ fn killed_and_resumed_runs_end_like_an_uninterrupted_one() {
         );
     }
 }
+
+/// `haba buffer` killed at any moment and run again ends with the same expert files as an
+/// uninterrupted run, and never leaves a file that is not whole.
+#[test]
+fn a_killed_buffer_run_completes_with_the_same_experts() {
+    let dir = scratch("buffer");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "buffer",
+            "--dataset",
+            "embedded",
+            "--preprocess",
+            "meanstd",
+            "--model",
+            "ConvNetD2W8",
+            "--experts",
+            "4",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().unwrap().to_string()])
+        .collect()
+    };
+    let files = |buffer: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut names: Vec<_> = std::fs::read_dir(buffer)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| (n.clone(), std::fs::read(buffer.join(&n)).unwrap()))
+            .collect()
+    };
+    let reference = dir.join("reference");
+    let started = Instant::now();
+    assert!(haba().args(args(&reference)).status().unwrap().success());
+    let whole = started.elapsed();
+    let want = files(&reference);
+    assert_eq!(
+        want.len(),
+        4,
+        "{:?}",
+        want.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+
+    for (k, fraction) in [0.3, 0.6, 0.85].into_iter().enumerate() {
+        let buffer = dir.join(format!("killed-{k}"));
+        let mut child = haba().args(args(&buffer)).spawn().unwrap();
+        std::thread::sleep(whole.mul_f64(fraction));
+        let _ = child.kill();
+        child.wait().unwrap();
+        if buffer.exists() {
+            for (name, bytes) in files(&buffer) {
+                assert!(
+                    name.ends_with(".tmp") || safetensors::SafeTensors::deserialize(&bytes).is_ok(),
+                    "kill {k}: {name} is not whole"
+                );
+            }
+        }
+        assert!(
+            haba().args(args(&buffer)).status().unwrap().success(),
+            "kill {k}"
+        );
+        let got: Vec<_> = files(&buffer)
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with(".tmp"))
+            .collect();
+        assert!(
+            got == want,
+            "kill {k} at {fraction}: different expert files"
+        );
+    }
+}
