@@ -493,6 +493,20 @@ fn buffer_then_mtt_distill_then_eval_with_the_learned_rate() {
         "{metrics}"
     );
 
+    // Unrolling more student steps than memory holds is refused with the estimate.
+    let mut absurd = distill.to_vec();
+    let at = absurd.iter().position(|a| *a == "--syn-steps").unwrap() + 1;
+    absurd[at] = "100000000000";
+    let last = absurd.len() - 1;
+    let absurd_run = dir.join("absurd");
+    absurd[last] = absurd_run.to_str().unwrap();
+    let out = haba(&[&absurd[..], &common[..]].concat(), &dir);
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("use fewer steps"),
+        "{t}"
+    );
+
     // The wrong preprocessing is refused, naming what differs.
     let bad = dir.join("bad");
     let mut zca = distill[..distill.len() - 2].to_vec();

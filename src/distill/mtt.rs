@@ -100,6 +100,17 @@ impl Mtt {
                 student.num_params()
             )));
         }
+        // Each unrolled step keeps at least the student's parameters and their gradient
+        // (the graph unroll much more); recompute keeps them once per step too.
+        let per_step = 2 * 4 * student.num_params() as u128;
+        crate::device::fits_in_memory((s.syn_steps as u128).checked_mul(per_step)).map_err(
+            |why| {
+                Error::Config(format!(
+                    "mtt.syn_steps {} of {model}'s student {why}: use fewer steps",
+                    s.syn_steps
+                ))
+            },
+        )?;
         let device = data.train.images.device();
         let lr_sgd = Sgd {
             lr: s.lr_lr,
