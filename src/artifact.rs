@@ -155,22 +155,9 @@ impl Artifact {
     /// Writes the artifact to `path`, through `path.tmp` and a rename, so an interrupted
     /// write never leaves a broken file under the real name.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let fail = |reason: String| artifact_error(path, reason);
-        self.validate().map_err(fail)?;
-        let tensors = self.raw_tensors().map_err(fail)?;
-        let header = serde_json::to_string(&self.header())
-            .map_err(|e| fail(format!("encoding the metadata: {e}")))?;
-        let views = tensors
-            .iter()
-            .map(|(name, dtype, shape, bytes)| {
-                TensorView::new(*dtype, shape.clone(), bytes)
-                    .map(|v| (name.as_str(), v))
-                    .map_err(|e| fail(format!("tensor `{name}`: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let metadata = HashMap::from([(METADATA_KEY.to_string(), header)]);
-        let bytes = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| fail(format!("encoding safetensors: {e}")))?;
+        let bytes = self
+            .encode()
+            .map_err(|reason| artifact_error(path, reason))?;
         write_atomic(path, &bytes)
     }
 
@@ -182,14 +169,45 @@ impl Artifact {
             path: path.to_path_buf(),
             source,
         })?;
-        let fail = |reason: String| artifact_error(path, reason);
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| {
-            fail(format!(
-                "not a readable safetensors file (truncated or not an artifact?): {e}"
-            ))
+        Self::decode(&bytes, device).map_err(|reason| artifact_error(path, reason))
+    }
+
+    /// The file's bytes, for fronts that keep them elsewhere than in a file (a browser's
+    /// download, a network reply); [`save`](Self::save) writes the same bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.encode().map_err(Error::ArtifactBytes)
+    }
+
+    /// An artifact from the bytes of a `distilled.safetensors`, checked as
+    /// [`load`](Self::load) checks a file.
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Artifact> {
+        Self::decode(bytes, device).map_err(Error::ArtifactBytes)
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, String> {
+        self.validate()?;
+        let tensors = self.raw_tensors()?;
+        let header = serde_json::to_string(&self.header())
+            .map_err(|e| format!("encoding the metadata: {e}"))?;
+        let views = tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|v| (name.as_str(), v))
+                    .map_err(|e| format!("tensor `{name}`: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let metadata = HashMap::from([(METADATA_KEY.to_string(), header)]);
+        safetensors::serialize(views, Some(metadata))
+            .map_err(|e| format!("encoding safetensors: {e}"))
+    }
+
+    fn decode(bytes: &[u8], device: &Device) -> Result<Artifact, String> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| {
+            format!("not a readable safetensors file (truncated or not an artifact?): {e}")
         })?;
-        let artifact = parse(&bytes, &file, device).map_err(fail)?;
-        artifact.validate().map_err(fail)?;
+        let artifact = parse(bytes, &file, device)?;
+        artifact.validate()?;
         Ok(artifact)
     }
 

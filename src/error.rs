@@ -26,6 +26,9 @@ pub enum Error {
     /// A run's artifact (or report file) that cannot be written or read back as expected.
     #[error("{path}: {reason}")]
     Artifact { path: PathBuf, reason: String },
+    /// The bytes of an artifact that is not in a file (see `Artifact::from_bytes`).
+    #[error("distilled set: {0}")]
+    ArtifactBytes(String),
     #[error("training diverged: {0}")]
     NonFinite(String),
 }

@@ -115,7 +115,16 @@ fn round_trips_haba_zca_plain_and_single_channel_artifacts() {
         let b = Artifact::load(&path, &Device::flex()).unwrap();
         assert_same(&a, &b);
         assert_eq!(b.storage(), a.storage());
+        // The bytes a front keeps are the file's bytes, and read back the same.
+        let bytes = a.to_bytes().unwrap();
+        assert_eq!(bytes, std::fs::read(&path).unwrap());
+        assert_same(&a, &Artifact::from_bytes(&bytes, &Device::flex()).unwrap());
     }
+    let err = Artifact::from_bytes(b"not an artifact", &Device::flex()).unwrap_err();
+    assert!(
+        err.to_string().starts_with("distilled set: not a readable"),
+        "{err}"
+    );
 }
 
 /// Rewrites the safetensors file `src` into `dst`, keeping the metadata, with `edit`
