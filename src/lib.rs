@@ -10,6 +10,7 @@ pub mod artifact;
 pub mod augment;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+pub mod clock;
 pub mod data;
 pub mod device;
 pub mod distill;

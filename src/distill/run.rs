@@ -17,6 +17,7 @@ use super::checkpoint::Checkpoint;
 use super::config::DistillConfig;
 use super::runner::{Distiller, Losses};
 use crate::artifact::{Artifact, ArtifactMeta, write_atomic};
+use crate::clock::Stopwatch;
 use crate::data::{Dataset, LabelledImages, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::{EvalConfig, EvalProgress, EvalResult, evaluate};
@@ -252,7 +253,7 @@ pub fn distill(
 ) -> Result<EvalResult> {
     run.write_config(&d.cfg)?;
     let mut metrics = MetricsLog::open(&run.metrics())?;
-    let start = std::time::Instant::now();
+    let start = Stopwatch::start();
     let total = d.cfg.iterations;
 
     // Evaluates the current factorization, logs and reports the result.
@@ -280,14 +281,14 @@ pub fn distill(
     };
     let device = data.train.images.device();
     while d.iteration < total {
-        let began = std::time::Instant::now();
+        let began = Stopwatch::start();
         let losses = d.step(data)?;
         let iteration = d.iteration;
         metrics.log(&StepRecord {
             iteration,
             losses,
-            seconds: start.elapsed().as_secs_f64(),
-            seconds_per_iteration: began.elapsed().as_secs_f64(),
+            seconds: start.seconds(),
+            seconds_per_iteration: began.seconds(),
             memory_bytes: crate::device::memory_bytes(&device),
         })?;
         on_event(Event::Step {
