@@ -4,6 +4,7 @@
 use crate::augment::{Dsa, DsaParams, Strategy};
 use crate::data::LabelledImages;
 use crate::error::{Error, Result};
+use crate::haba::Factorization;
 use crate::nets::{Arch, Network};
 use crate::rng::Rng;
 use crate::train::{TrainConfig, accuracy, train};
@@ -149,6 +150,33 @@ pub fn evaluate(
         accuracies.push(acc);
     }
     Ok(EvalResult::from_accuracies(accuracies))
+}
+
+/// The evaluation protocol on a factorization's images. HaBa sets hold M views of each
+/// basis and each epoch draws one, as HaBa's evaluation does. Whether batches are standardised is
+/// `cfg.train.standardize_batches` (see `DistillConfig::eval_config`).
+pub fn evaluate_factorization(
+    fact: &Factorization,
+    test: &LabelledImages,
+    classes: usize,
+    cfg: &EvalConfig,
+    seed: u64,
+    on_progress: &mut dyn FnMut(EvalProgress),
+) -> Result<EvalResult> {
+    let (images, labels) = fact.all_images()?;
+    let views = fact.hallucinators.as_ref().map_or(1, |h| h.shape.count);
+    let set = LabelledImages {
+        images: images.inner(),
+        labels,
+    };
+    let cfg = EvalConfig {
+        train: TrainConfig {
+            views,
+            ..cfg.train.clone()
+        },
+        ..cfg.clone()
+    };
+    evaluate(&set, test, classes, &cfg, seed, on_progress)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use haba::data::{Prepared, subset};
 use haba::distill::buffer::{BufferKey, ExpertSettings};
-use haba::distill::run::{RunDir, eval_config};
+use haba::distill::run::RunDir;
 use haba::distill::{DistillConfig, Distiller};
 use haba::eval::EvalResult;
 use haba::haba::Storage;
@@ -107,7 +107,7 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
     let real = prepared.train_subset(&idx);
     eprintln!("random real images, {} per class:", cfg.ipc);
     let real_result =
-        super::eval::evaluate_with_bar(&real, &prepared, &eval_config(&cfg, None), cfg.seed)?;
+        super::eval::evaluate_with_bar(&real, &prepared, &cfg.eval_config(None), cfg.seed)?;
     let real_storage = Storage::new(idx.len() * dataset.shape.numel(), 0, dataset.shape, classes);
     rows.push(("random real".to_string(), real_storage, real_result));
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use haba::artifact::Artifact;
 use haba::data::{LabelledImages, NormKind, Prepared, subset};
-use haba::distill::run::evaluate_factorization;
+use haba::eval::evaluate_factorization;
 use haba::eval::{EvalConfig, EvalProgress, EvalResult};
 use haba::nets::Arch;
 use haba::rng::Rng;

@@ -4,8 +4,10 @@
 use super::contrastive::ContrastiveWeights;
 use crate::data::NormKind;
 use crate::error::{Error, Result};
+use crate::eval::EvalConfig;
 use crate::haba::BaseInit;
 use crate::nets::Arch;
+use crate::train::TrainConfig;
 
 /// The base distillation objective.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -531,6 +533,22 @@ impl DistillConfig {
             return bad("checkpoint_every must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The evaluation settings of a run's config. HaBa runs standardise every batch, as the
+    /// reference HaBa evaluation does (per channel here, not with one scalar).
+    /// `lr` replaces the configured learning rate when the objective learned one (MTT's α).
+    pub fn eval_config(&self, lr: Option<f32>) -> EvalConfig {
+        EvalConfig {
+            model: self.eval.model,
+            nets: self.eval.nets,
+            train: TrainConfig {
+                standardize_batches: self.haba,
+                ..TrainConfig::protocol(self.eval.epochs, lr.unwrap_or(self.eval.lr))
+            },
+            dsa: self.dsa.clone(),
+            ..EvalConfig::default()
+        }
     }
 
     /// "haba-dm" or "dm": the method's name in reports.

@@ -18,12 +18,10 @@ use super::config::DistillConfig;
 use super::runner::{Distiller, Losses};
 use crate::artifact::{Artifact, ArtifactMeta, write_atomic};
 use crate::clock::Stopwatch;
-use crate::data::{Dataset, LabelledImages, Prepared};
+use crate::data::{Dataset, Prepared};
 use crate::error::{Error, Result};
-use crate::eval::{EvalConfig, EvalProgress, EvalResult, evaluate};
-use crate::haba::Factorization;
+use crate::eval::{EvalProgress, EvalResult, evaluate_factorization};
 use crate::report::{CURVES_PNG, Display, MetricsLog, bases_png, hallucinated_png, metrics_up_to};
-use crate::train::TrainConfig;
 
 /// The files of one run directory.
 #[derive(Clone, Debug)]
@@ -198,49 +196,6 @@ pub fn resume(run: &RunDir, data: &Prepared) -> Result<Distiller> {
     Ok(d)
 }
 
-/// The evaluation protocol on a factorization's images. HaBa sets hold M views of each
-/// basis and each epoch draws one, as HaBa's evaluation does. Whether batches are standardised is
-/// `cfg.train.standardize_batches` (see [`eval_config`]).
-pub fn evaluate_factorization(
-    fact: &Factorization,
-    test: &LabelledImages,
-    classes: usize,
-    cfg: &EvalConfig,
-    seed: u64,
-    on_progress: &mut dyn FnMut(EvalProgress),
-) -> Result<EvalResult> {
-    let (images, labels) = fact.all_images()?;
-    let views = fact.hallucinators.as_ref().map_or(1, |h| h.shape.count);
-    let set = LabelledImages {
-        images: images.inner(),
-        labels,
-    };
-    let cfg = EvalConfig {
-        train: TrainConfig {
-            views,
-            ..cfg.train.clone()
-        },
-        ..cfg.clone()
-    };
-    evaluate(&set, test, classes, &cfg, seed, on_progress)
-}
-
-/// The evaluation settings of a run's config. HaBa runs standardise every batch, as the
-/// reference HaBa evaluation does (per channel here, not with one scalar).
-/// `lr` replaces the configured learning rate when the objective learned one (MTT's α).
-pub fn eval_config(cfg: &DistillConfig, lr: Option<f32>) -> EvalConfig {
-    EvalConfig {
-        model: cfg.eval.model,
-        nets: cfg.eval.nets,
-        train: TrainConfig {
-            standardize_batches: cfg.haba,
-            ..TrainConfig::protocol(cfg.eval.epochs, lr.unwrap_or(cfg.eval.lr))
-        },
-        dsa: cfg.dsa.clone(),
-        ..EvalConfig::default()
-    }
-}
-
 /// Runs the loop to the configured number of iterations: logs every iteration, evaluates
 /// every `eval_every`, checkpoints every `checkpoint_every` and at the end, and writes the
 /// PNG grids. Returns the final evaluation.
@@ -265,7 +220,7 @@ pub fn distill(
             &d.factorization,
             &data.test,
             data.classes,
-            &eval_config(&d.cfg, d.learned_lr()),
+            &d.cfg.eval_config(d.learned_lr()),
             d.cfg.seed,
             &mut |p| on_event(Event::EvalProgress(p)),
         )?;
