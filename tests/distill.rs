@@ -254,3 +254,45 @@ fn all_views_train_every_hallucinator_in_each_step() {
         assert_ne!(before[j], after[j], "hallucinator {j} got no gradient");
     }
 }
+
+/// A run that diverges after a good checkpoint stops with an error naming the iteration,
+/// and the checkpoint and artifact on disk are still the good ones, readable and resumable.
+#[test]
+fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
+    use haba::distill::run::{RunDir, distill, resume};
+    let (prepared, data) = setup();
+    let dir = std::env::temp_dir().join(format!("haba-diverge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = RunDir::new(&dir).unwrap();
+    let cfg = DistillConfig {
+        iterations: 2,
+        checkpoint_every: 2,
+        eval: haba::distill::config::EvalSettings {
+            nets: 1,
+            epochs: 1,
+            ..config(true).eval
+        },
+        ..config(true)
+    };
+    let mut d = Distiller::new(cfg, &prepared).unwrap();
+    distill(&mut d, &prepared, &data, &run, &mut |_| {}).unwrap();
+    let (checkpoint, artifact) = (
+        std::fs::read(run.checkpoint()).unwrap(),
+        std::fs::read(run.artifact()).unwrap(),
+    );
+
+    // The bases blow up: two more iterations asked for, the first one fails.
+    d.cfg.iterations = 4;
+    d.factorization.bases = d.factorization.bases.clone().mul_scalar(f32::INFINITY);
+    let err = distill(&mut d, &prepared, &data, &run, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("diverged") && err.contains("iteration 3"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.checkpoint()).unwrap(), checkpoint);
+    assert_eq!(std::fs::read(run.artifact()).unwrap(), artifact);
+    assert_eq!(resume(&run, &prepared).unwrap().iteration, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

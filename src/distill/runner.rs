@@ -336,7 +336,8 @@ impl Distiller {
                 "the {} loss became {objective} at iteration {}; the last checkpoint on disk \
                  is kept: lower the learning rates (lr_bases, lr_hallucinators) and start \
                  again or resume",
-                self.cfg.method, self.iteration
+                self.cfg.method,
+                self.iteration + 1
             )));
         }
 
