@@ -1,8 +1,7 @@
-//! Mutation fuzzing of every file haba reads back: artifacts, checkpoints and IDX files
-//! (raw and gzipped), each damaged in a thousand seeded ways (bytes flipped, words
-//! replaced by extreme numbers, cuts, insertions). Every damaged file must give an error
-//! or a valid result, never a panic, and nothing may take more memory than the file could
-//! hold.
+//! Mutation fuzzing of the files haba reads back: artifacts, checkpoints, IDX files (raw
+//! and gzipped) and CIFAR-100 batches with their class names, each damaged in a thousand
+//! seeded ways (bytes flipped, words replaced by extreme numbers, cuts, insertions). Every
+//! damaged file must give an error or a valid result, never a panic.
 
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -141,4 +140,31 @@ fn damaged_idx_files_give_errors_not_panics() {
             let _ = haba::data::idx::read_labels(&path, 10);
         });
     }
+}
+
+#[test]
+fn damaged_cifar100_files_give_errors_not_panics() {
+    use haba::data::cifar::{CIFAR100_NAMES, CIFAR100_TEST, CIFAR100_TRAIN, load_cifar100};
+    let dir = scratch("cifar");
+    // Two records: coarse label, fine label, 3072 pixel bytes.
+    let mut batch = Vec::new();
+    for (coarse, fine) in [(1u8, 7u8), (3, 42)] {
+        batch.extend([coarse, fine]);
+        batch.extend((0..3072).map(|i| (i % 251) as u8));
+    }
+    let names: String = (0..100).map(|c| format!("class{c}\n")).collect();
+    std::fs::write(dir.join(CIFAR100_TEST), &batch).unwrap();
+    std::fs::write(dir.join(CIFAR100_NAMES), &names).unwrap();
+    assert!(load_cifar100(&dir).is_err(), "no train file yet");
+    std::fs::write(dir.join(CIFAR100_TRAIN), &batch).unwrap();
+    assert_eq!(load_cifar100(&dir).unwrap().train.labels, [7, 42]);
+    fuzz("cifar-100 batch", &batch, |bytes| {
+        std::fs::write(dir.join(CIFAR100_TRAIN), bytes).unwrap();
+        let _ = load_cifar100(&dir);
+    });
+    std::fs::write(dir.join(CIFAR100_TRAIN), &batch).unwrap();
+    fuzz("cifar-100 names", names.as_bytes(), |bytes| {
+        std::fs::write(dir.join(CIFAR100_NAMES), bytes).unwrap();
+        let _ = load_cifar100(&dir);
+    });
 }
