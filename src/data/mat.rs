@@ -278,17 +278,19 @@ fn into_var(m: Matrix, buf: Buf, endian: Endian) -> Option<MatVar> {
 }
 
 /// Inflates a `miCOMPRESSED` element, sizing the buffer from the inner tag when sane.
-fn inflate(compressed: &[u8]) -> std::io::Result<Vec<u8>> {
+fn inflate(compressed: &[u8], endian: Endian) -> std::io::Result<Vec<u8>> {
     let mut z = flate2::read::ZlibDecoder::new(compressed);
     let mut tag = [0u8; 8];
     z.read_exact(&mut tag)?;
-    // Either byte order: the larger reading of the count bounds the size from above.
-    let le = u32::from_le_bytes([tag[4], tag[5], tag[6], tag[7]]) as usize;
-    let be = u32::from_be_bytes([tag[4], tag[5], tag[6], tag[7]]) as usize;
-    // Deflate expands at most ~1032x, which caps what a corrupt count can make us reserve;
-    // the element never unpacks beyond its tag and the count it declares (padded to 8),
-    // so a stream built to inflate to gigabytes stops there.
-    let declared = le.max(be) + 16;
+    let count = [tag[4], tag[5], tag[6], tag[7]];
+    let count = match endian {
+        Endian::Little => u32::from_le_bytes(count),
+        Endian::Big => u32::from_be_bytes(count),
+    } as usize;
+    // The element never unpacks beyond its tag and the count it declares (padded to 8),
+    // so a stream built to inflate to gigabytes stops there. Deflate expands at most
+    // ~1032x, which caps what a corrupt count can make us reserve.
+    let declared = count + 16;
     let mut out = Vec::with_capacity(declared.min(compressed.len().saturating_mul(1032)));
     out.extend_from_slice(&tag);
     (&mut z)
@@ -349,7 +351,7 @@ fn parse(bytes: &[u8], wanted: &[&str]) -> Result<Vec<MatVar>, (String, String)>
                 into_var(m, Buf::Borrowed(bytes), endian)
             }
             MI_COMPRESSED => {
-                let inner = inflate(&bytes[el.data.clone()]).map_err(|e| {
+                let inner = inflate(&bytes[el.data.clone()], endian).map_err(|e| {
                     (
                         "valid zlib data".to_string(),
                         format!("{e} in the element at offset {}", el.data.start - 8),
@@ -522,6 +524,26 @@ mod tests {
                 assert_eq!(vars[3].data, MatData::U8(vec![42]));
             }
         }
+    }
+
+    /// A compressed element whose stream goes on past the element it declares (50 MB of
+    /// zeros that compress to little) is refused once it passes that size.
+    #[test]
+    fn compressed_elements_unpack_no_further_than_they_declare() {
+        use std::io::Write;
+        let mut plain = Writer::new(false, false);
+        plain.var("X", 9, &[2, 3], MI_UINT8, &[1, 2, 3, 4, 5, 6]);
+        let mut inflated = plain.out[128..].to_vec();
+        inflated.resize(inflated.len() + (50 << 20), 0);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&inflated).unwrap();
+        let z = z.finish().unwrap();
+        let mut file = Writer::new(false, true).out;
+        file.extend_from_slice(&MI_COMPRESSED.to_le_bytes());
+        file.extend_from_slice(&(z.len() as u32).to_le_bytes());
+        file.extend(z);
+        let (_, why) = parse(&file, &["X"]).unwrap_err();
+        assert!(why.contains("beyond"), "{why}");
     }
 
     #[test]
