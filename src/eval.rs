@@ -98,10 +98,9 @@ pub fn evaluate(
     seed: u64,
     on_progress: &mut dyn FnMut(EvalProgress),
 ) -> Result<EvalResult> {
-    let max = MAX_NETS;
-    if cfg.nets == 0 || cfg.nets > max {
+    if cfg.nets == 0 || cfg.nets > MAX_NETS {
         return Err(Error::Config(format!(
-            "the number of networks must be between 1 and {max}, found {}",
+            "the number of networks must be between 1 and {MAX_NETS}, found {}",
             cfg.nets
         )));
     }
