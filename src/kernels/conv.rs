@@ -16,6 +16,8 @@
 //! [`crate::nets`] calls [`conv2d`], which takes this path on `flex` and Burn's
 //! convolution everywhere else (and for strides, dilations or groups this op lacks).
 
+use std::ops::Range;
+
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
@@ -112,13 +114,14 @@ impl Geometry {
         self.cout * self.out_pixels()
     }
 
-    /// For tap column `kx`: the output columns whose input column lies inside the image,
-    /// and how far right of the output column that input column is minus the padding
-    /// (`ix = ox + kx - pad`, written without going negative).
-    fn columns(&self, kx: usize) -> (std::ops::Range<usize>, usize) {
+    /// For tap column `kx`: the output columns whose input column `ix = ox + kx - pad`
+    /// lies inside the image, and those input columns.
+    fn columns(&self, kx: usize) -> (Range<usize>, Range<usize>) {
         let lo = self.pad.saturating_sub(kx).min(self.wo);
         let hi = (self.w + self.pad).saturating_sub(kx).clamp(lo, self.wo);
-        (lo..hi, kx)
+        // lo + kx >= pad whenever the range is not empty, so nothing goes negative.
+        let input = (lo + kx).saturating_sub(self.pad)..(hi + kx).saturating_sub(self.pad);
+        (lo..hi, input)
     }
 
     /// The input row read by output row `oy` at tap row `ky`, if it is inside the image.
@@ -133,7 +136,7 @@ fn unfold(g: &Geometry, x: &[f32], col: &mut [f32]) {
     let (k, wo) = (g.k, g.wo);
     for (r, row) in col.chunks_exact_mut(g.out_pixels()).enumerate() {
         let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
-        let (cols, shift) = g.columns(kx);
+        let (cols, input) = g.columns(kx);
         let plane = &x[ci * g.h * g.w..][..g.h * g.w];
         for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
             match g.input_row(oy, ky) {
@@ -141,9 +144,7 @@ fn unfold(g: &Geometry, x: &[f32], col: &mut [f32]) {
                     let src = &plane[iy * g.w..][..g.w];
                     out[..cols.start].fill(0.0);
                     out[cols.end..].fill(0.0);
-                    out[cols.clone()].copy_from_slice(
-                        &src[cols.start + shift - g.pad..cols.end + shift - g.pad],
-                    );
+                    out[cols.clone()].copy_from_slice(&src[input.clone()]);
                 }
                 None => out.fill(0.0),
             }
@@ -156,12 +157,11 @@ fn fold(g: &Geometry, col: &[f32], dx: &mut [f32]) {
     let (k, wo) = (g.k, g.wo);
     for (r, row) in col.chunks_exact(g.out_pixels()).enumerate() {
         let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
-        let (cols, shift) = g.columns(kx);
+        let (cols, input) = g.columns(kx);
         let plane = &mut dx[ci * g.h * g.w..][..g.h * g.w];
         for (oy, src) in row.chunks_exact(wo).enumerate() {
             if let Some(iy) = g.input_row(oy, ky) {
-                let dst = &mut plane[iy * g.w..][..g.w];
-                let dst = &mut dst[cols.start + shift - g.pad..cols.end + shift - g.pad];
+                let dst = &mut plane[iy * g.w..][..g.w][input.clone()];
                 for (d, &s) in dst.iter_mut().zip(&src[cols.clone()]) {
                     *d += s;
                 }
@@ -360,11 +360,12 @@ impl ConvKernels for Flex {
                 (dw, db)
             })
             .unzip();
-        let [cout, cin, k, _] = [g.cout, g.cin, g.k, g.k];
         Grads {
-            x: wanted.x.then(|| flex(dx, &[g.n, cin, g.h, g.w])),
-            weight: wanted.weight.then(|| flex(sum(dws), &[cout, cin, k, k])),
-            bias: wanted.bias.then(|| flex(sum(dbs), &[cout])),
+            x: wanted.x.then(|| flex(dx, &[g.n, g.cin, g.h, g.w])),
+            weight: wanted
+                .weight
+                .then(|| flex(sum(dws), &[g.cout, g.cin, g.k, g.k])),
+            bias: wanted.bias.then(|| flex(sum(dbs), &[g.cout])),
         }
     }
 }

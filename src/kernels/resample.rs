@@ -28,8 +28,9 @@ pub enum Map {
     /// Input pixel `(i, W - 1 - j)` when true, else `(i, j)`.
     Mirror(bool),
     /// Bilinear sampling with zero padding at `theta · (x, y, 1)` (row-major 2x3, in
-    /// normalised coordinates with pixel 0 and `W - 1` at -1 and 1), exactly as `flex`
-    /// computes `affine_grid_2d` (f32) and `grid_sample_2d` with `align_corners` (f64).
+    /// normalised coordinates with pixel 0 and `W - 1` at -1 and 1), as `flex` computes
+    /// `affine_grid_2d` (grid in f32) and `grid_sample_2d` with `align_corners`
+    /// (coordinates in f64); the weights are rounded to f32.
     Affine([f32; 6]),
 }
 
