@@ -4,6 +4,9 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+mod common;
+use common::text;
+
 fn haba(args: &[&str], data_dir: &PathBuf) -> Output {
     Command::new(env!("CARGO_BIN_EXE_haba"))
         .args(args)
@@ -13,18 +16,7 @@ fn haba(args: &[&str], data_dir: &PathBuf) -> Output {
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("haba-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    common::scratch(&format!("cli-{tag}"))
 }
 
 #[test]

@@ -1,21 +1,16 @@
 //! Crash safety: a distillation killed with SIGKILL at any moment and resumed ends exactly
 //! where an uninterrupted run does, and its checkpoint on disk is always readable.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
+
+mod common;
 
 fn haba() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_haba"));
     c.stdout(Stdio::null()).stderr(Stdio::null());
     c
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("haba-crash-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A short HaBa-DM run writing a checkpoint every second iteration.
@@ -63,7 +58,7 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn killed_and_resumed_runs_end_like_an_uninterrupted_one() {
-    let dir = scratch("kill");
+    let dir = common::scratch("crash-kill");
     let reference = dir.join("reference");
     let started = Instant::now();
     let status = haba().args(distill_args(&reference)).status().unwrap();
@@ -119,7 +114,7 @@ fn killed_and_resumed_runs_end_like_an_uninterrupted_one() {
 /// uninterrupted run, and never leaves a file that is not whole.
 #[test]
 fn a_killed_buffer_run_completes_with_the_same_experts() {
-    let dir = scratch("buffer");
+    let dir = common::scratch("crash-buffer");
     let args = |out: &Path| -> Vec<String> {
         [
             "buffer",

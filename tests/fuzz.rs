@@ -5,22 +5,15 @@
 
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use haba::artifact::Artifact;
 use haba::burn::tensor::Device;
 use haba::distill::checkpoint::Checkpoint;
 use haba::rng::Rng;
 
-const MUTANTS: u64 = 1000;
+mod common;
 
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("haba-fuzz-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+const MUTANTS: u64 = 1000;
 
 /// One seeded mutation of `good`.
 fn mutate(good: &[u8], seed: u64) -> Vec<u8> {
@@ -67,35 +60,12 @@ fn fuzz(name: &str, good: &[u8], read: impl Fn(&[u8])) {
     }
 }
 
-/// A short HaBa-DM run: its artifact and checkpoint are the fuzzer's seeds.
-fn short_run(dir: &Path) -> PathBuf {
-    let run = dir.join("run");
-    let out = Command::new(env!("CARGO_BIN_EXE_haba"))
-        .args([
-            "distill",
-            "--preset",
-            "quick",
-            "--iterations",
-            "2",
-            "--eval-nets",
-            "1",
-        ])
-        .args(["--eval-epochs", "1", "--device", "cpu", "--out"])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    run
-}
-
 #[test]
 fn damaged_artifacts_and_checkpoints_give_errors_not_panics() {
-    let dir = scratch("files");
-    let run = short_run(&dir);
+    // A short HaBa-DM run: its artifact and checkpoint are the fuzzer's seeds.
+    let dir = common::scratch("fuzz-files");
+    let run = dir.join("run");
+    common::short_run(&run);
     let device = Device::flex();
     let artifact = std::fs::read(run.join("distilled.safetensors")).unwrap();
     let path = dir.join("mutant.safetensors");
@@ -111,7 +81,7 @@ fn damaged_artifacts_and_checkpoints_give_errors_not_panics() {
 
 #[test]
 fn damaged_idx_files_give_errors_not_panics() {
-    let dir = scratch("idx");
+    let dir = common::scratch("fuzz-idx");
     let mut images = Vec::new();
     for v in [0x0803u32, 3, 4, 5] {
         images.extend_from_slice(&v.to_be_bytes());
@@ -145,7 +115,7 @@ fn damaged_idx_files_give_errors_not_panics() {
 #[test]
 fn damaged_cifar100_files_give_errors_not_panics() {
     use haba::data::cifar::{CIFAR100_NAMES, CIFAR100_TEST, CIFAR100_TRAIN, load_cifar100};
-    let dir = scratch("cifar");
+    let dir = common::scratch("fuzz-cifar");
     // Two records: coarse label, fine label, 3072 pixel bytes.
     let mut batch = Vec::new();
     for (coarse, fine) in [(1u8, 7u8), (3, 42)] {

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::text;
+
 fn haba(args: &[&str], env: &[(&str, &str)], unset: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_haba"));
     cmd.args(args);
@@ -20,39 +23,10 @@ fn haba(args: &[&str], env: &[(&str, &str)], unset: &[&str]) -> Output {
     cmd.output().expect("the haba binary runs")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A short HaBa run on the embedded set: 10 classes, 1 basis each, 5 hallucinators.
 fn make_run(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("haba-viewer-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let run = dir.join("run");
-    let out = haba(
-        &[
-            "distill",
-            "--preset",
-            "quick",
-            "--iterations",
-            "2",
-            "--eval-nets",
-            "1",
-            "--eval-epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--out",
-            run.to_str().unwrap(),
-        ],
-        &[],
-        &[],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let run = common::scratch(&format!("viewer-{tag}")).join("run");
+    common::short_run(&run);
     run
 }
 
