@@ -4,9 +4,9 @@
 //! it says to use `haba export`.
 #![cfg(feature = "viewer")]
 
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 mod common;
 use common::text;
@@ -30,52 +30,61 @@ fn make_run(tag: &str) -> PathBuf {
     run
 }
 
-/// A virtual X server on a free display number, stopped when dropped.
+/// A virtual X server on a display number it picks itself (`-displayfd`), so a stale lock or
+/// socket from another server cannot make it fail; stopped when dropped.
 struct Xvfb {
     child: Child,
     display: String,
 }
 
 impl Xvfb {
-    fn start() -> Option<Self> {
-        for n in 90..110 {
-            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
-                continue;
+    /// The server, or why it could not start (its own words where it printed any).
+    fn start() -> Result<Self, String> {
+        let log = common::scratch("viewer-xvfb").join("xvfb.log");
+        let err = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let mut child = Command::new("Xvfb")
+            .args([
+                "-displayfd",
+                "1",
+                "-screen",
+                "0",
+                "1280x800x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("Xvfb did not run: {e}"))?;
+        // Xvfb writes the display number once it accepts clients; EOF means it died.
+        let mut line = String::new();
+        let read = BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .map_err(|e| e.to_string());
+        match line.trim().parse::<u32>() {
+            Ok(n) => Ok(Self {
+                child,
+                display: format!(":{n}"),
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!(
+                    "Xvfb gave no display ({read:?}); it printed:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ))
             }
-            let child = Command::new("Xvfb")
-                .args([
-                    &format!(":{n}"),
-                    "-screen",
-                    "0",
-                    "1280x800x24",
-                    "-nolisten",
-                    "tcp",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok()?;
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(10) {
-                if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
-                    return Some(Self {
-                        child,
-                        display: format!(":{n}"),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let mut child = child;
-            let _ = child.kill();
-            return None;
         }
-        None
     }
 }
 
 impl Drop for Xvfb {
+    /// SIGTERM, so the server removes its socket and lock file (SIGKILL would leave them,
+    /// and every later run would find one display fewer).
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -89,12 +98,15 @@ fn window_draws_every_tile_and_without_a_display_suggests_export() {
     assert!(!out.status.success());
     assert!(text(&out).contains("haba export"), "{}", text(&out));
 
-    let Some(x) = Xvfb::start() else {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI is set but Xvfb could not be started: install xvfb");
+    let x = match Xvfb::start() {
+        Ok(x) => x,
+        Err(why) if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but Xvfb could not be started (install xvfb): {why}")
         }
-        eprintln!("skipping the window test: no Xvfb");
-        return;
+        Err(why) => {
+            eprintln!("skipping the window test: {why}");
+            return;
+        }
     };
     let shot = run.join("screenshot-matrix.png");
     let out = haba(
