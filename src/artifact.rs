@@ -71,7 +71,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{ImageShape, Normalization};
+use crate::data::{Dataset, ImageShape, LabelledImages, Normalization};
 use crate::error::{Error, Result};
 use crate::haba::{Factorization, HallucinatorShape, Hallucinators, Storage};
 
@@ -146,6 +146,27 @@ struct HallucinatorInfo {
 type RawTensor = (String, Dtype, Vec<usize>, Vec<u8>);
 
 impl Artifact {
+    /// The test split of the dataset this set was distilled from, normalised as the run's
+    /// data was; refuses a dataset whose image shape or class count differs.
+    pub fn test_set(&self, dataset: &Dataset, device: &Device) -> Result<LabelledImages> {
+        if dataset.shape != self.meta.image || dataset.classes.len() != self.meta.classes.len() {
+            return Err(Error::ArtifactBytes(format!(
+                "distilled from {:?} images of {} classes, but {} has {:?} images of {}",
+                self.meta.image,
+                self.meta.classes.len(),
+                dataset.name,
+                dataset.shape,
+                dataset.classes.len()
+            )));
+        }
+        Ok(LabelledImages {
+            images: self
+                .normalization
+                .apply(&dataset.test.images, dataset.shape, device)?,
+            labels: dataset.test.labels.clone(),
+        })
+    }
+
     /// Floats stored, counted as [`Factorization::storage`] does.
     pub fn storage(&self) -> Storage {
         self.factorization

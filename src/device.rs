@@ -138,12 +138,68 @@ pub fn gpu_for_tests() -> Option<Device> {
     }
 }
 
-/// In a browser the adapter can only be opened asynchronously
-/// (`Device::wgpu_options().init_async()`); the synchronous selection sees none.
+/// In a browser the adapter can only be opened asynchronously: [`select_async`] opens it,
+/// after which the synchronous selection sees it too.
+#[cfg(target_arch = "wasm32")]
+static BROWSER_ADAPTER: std::sync::OnceLock<std::result::Result<WgpuAdapter, String>> =
+    std::sync::OnceLock::new();
+
 #[cfg(target_arch = "wasm32")]
 fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
-    static NONE: std::result::Result<WgpuAdapter, String> = Err(String::new());
-    &NONE
+    static NOT_YET: std::result::Result<WgpuAdapter, String> = Err(String::new());
+    BROWSER_ADAPTER.get().unwrap_or(&NOT_YET)
+}
+
+/// [`select`] for a browser: WebGPU's adapter can only be requested asynchronously. `Auto`
+/// takes WebGPU whenever the browser offers an adapter (software ones too: in a browser the
+/// CPU backend is single-threaded WebAssembly, slower than any WebGPU) and otherwise the
+/// CPU backend, saying why.
+#[cfg(target_arch = "wasm32")]
+pub async fn select_async(choice: DeviceChoice, seed: u64) -> Result<Selected> {
+    if matches!(choice, DeviceChoice::Gpu | DeviceChoice::Auto) && BROWSER_ADAPTER.get().is_none() {
+        let opened = match Device::wgpu_options().init_with_setup_async().await {
+            Ok((device, setup)) => {
+                let info = setup.adapter.get_info();
+                let name = if info.name.is_empty() {
+                    "the browser's adapter".to_string()
+                } else {
+                    info.name
+                };
+                Ok(WgpuAdapter {
+                    device,
+                    name: format!("WebGPU: {name}"),
+                    software: info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu,
+                })
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = BROWSER_ADAPTER.set(opened);
+    }
+    match (choice, wgpu_adapter()) {
+        (DeviceChoice::Auto | DeviceChoice::Gpu, Ok(a)) => {
+            let selected = Selected {
+                device: a.device.clone(),
+                backend: BackendKind::Wgpu,
+                name: a.name.clone(),
+                reason: if a.software {
+                    "the browser's WebGPU adapter (a software one: expect it to be slow)".into()
+                } else {
+                    "the browser's WebGPU adapter".into()
+                },
+            };
+            selected.device.seed(seed);
+            Ok(selected)
+        }
+        (DeviceChoice::Auto, Err(e)) => {
+            let selected = flex(format!(
+                "this browser offers no WebGPU adapter ({e}); WebGPU runs in Chrome and Edge \
+                 113 or later, Safari 26 and Firefox 141 or later on Windows"
+            ));
+            selected.device.seed(seed);
+            Ok(selected)
+        }
+        _ => select(choice, seed),
+    }
 }
 
 fn flex(reason: String) -> Selected {
@@ -161,6 +217,12 @@ pub fn select(choice: DeviceChoice, seed: u64) -> Result<Selected> {
     let selected = match choice {
         DeviceChoice::Cpu => flex("asked for with --device cpu".into()),
         DeviceChoice::Gpu => match wgpu_adapter() {
+            #[cfg(target_arch = "wasm32")]
+            Err(e) if e.is_empty() => {
+                return Err(Error::Device(
+                    "in a browser the GPU is opened with device::select_async".into(),
+                ));
+            }
             Ok(a) => Selected {
                 device: a.device.clone(),
                 backend: BackendKind::Wgpu,

@@ -479,16 +479,7 @@ pub(crate) fn encode_png(bytes: &[u8], w: usize, h: usize, c: usize) -> Result<V
 /// each stretched from its own minimum to maximum. The same colours the PNGs get (the
 /// viewer shows them too).
 pub fn true_colour(images: Tensor<4>, normalization: &Normalization) -> Result<Vec<f32>, String> {
-    let [_, c, h, w] = images.dims();
-    let mut values = unclamped(images, normalization)?;
-    if fits(normalization, [c, h, w]) {
-        values.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0));
-    } else {
-        for tile in values.chunks_mut(h * w) {
-            stretch(tile);
-        }
-    }
-    Ok(values)
+    displayed(images, normalization, Display::TrueColour)
 }
 
 /// Whether `normalization` can de-normalise images of this shape.
@@ -499,26 +490,58 @@ fn fits(normalization: &Normalization, [c, h, w]: [usize; 3]) -> bool {
     }
 }
 
-/// De-normalised values, unclamped; single-channel images the normalisation does not fit
-/// (HaBa's one-channel bases of colour data) as stored.
-fn unclamped(images: Tensor<4>, normalization: &Normalization) -> Result<Vec<f32>, String> {
+/// The first half of showing images, on the device: de-normalised when the normalisation
+/// fits their shape, as stored when it does not (HaBa's one-channel bases of colour data).
+/// Read the tensor back (at once, or awaited in a browser) and give its values to
+/// [`display_values`].
+pub fn display_tensor(
+    images: Tensor<4>,
+    normalization: &Normalization,
+) -> Result<DisplayTensor, String> {
     let [_, c, h, w] = images.dims();
-    let read = |t: Tensor<4>| {
-        t.try_to_vec_as::<f32>()
-            .map_err(|e| format!("reading images from the device: {e}"))
-    };
     if fits(normalization, [c, h, w]) {
         let pixels = normalization
             .invert(images)
             .map_err(|e| format!("de-normalising: {e}"))?;
-        read(pixels)
+        Ok(DisplayTensor {
+            pixels,
+            de_normalised: true,
+        })
     } else if c == 1 {
-        read(images)
+        Ok(DisplayTensor {
+            pixels: images,
+            de_normalised: false,
+        })
     } else {
         Err(format!(
             "{c}-channel images do not fit the dataset's normalisation"
         ))
     }
+}
+
+/// Images ready to be read back for display (see [`display_tensor`]).
+pub struct DisplayTensor {
+    pub pixels: Tensor<4>,
+    /// False for values as stored: they have no true colour and are always stretched.
+    pub de_normalised: bool,
+}
+
+/// The second half: the values read back from a [`DisplayTensor`] as [0, 1] floats in
+/// `display`, CHW image after image.
+pub fn display_values(
+    mut values: Vec<f32>,
+    [c, h, w]: [usize; 3],
+    de_normalised: bool,
+    display: Display,
+) -> Vec<f32> {
+    match display {
+        Display::TrueColour if de_normalised => {
+            values.iter_mut().for_each(|v| *v = v.clamp(0.0, 1.0))
+        }
+        Display::TrueColour => values.chunks_mut(h * w).for_each(stretch),
+        Display::Stretch => values.chunks_mut(c * h * w).for_each(stretch),
+    }
+    values
 }
 
 /// Maps a tile's values linearly onto [0, 1] (a flat tile becomes mid grey).
@@ -553,23 +576,24 @@ fn hallucinated_pixels(
 }
 
 /// Images (normalised, `[N, C, H, W]`) as [0, 1] floats in `display`, CHW image after
-/// image.
+/// image, read back at once (a browser awaits [`display_tensor`]'s read instead).
 pub fn displayed(
     images: Tensor<4>,
     normalization: &Normalization,
     display: Display,
 ) -> Result<Vec<f32>, String> {
-    match display {
-        Display::TrueColour => true_colour(images, normalization),
-        Display::Stretch => {
-            let [_, c, h, w] = images.dims();
-            let mut values = unclamped(images, normalization)?;
-            for image in values.chunks_mut(c * h * w) {
-                stretch(image);
-            }
-            Ok(values)
-        }
-    }
+    let [_, c, h, w] = images.dims();
+    let shown = display_tensor(images, normalization)?;
+    let values = shown
+        .pixels
+        .try_to_vec_as::<f32>()
+        .map_err(|e| format!("reading images from the device: {e}"))?;
+    Ok(display_values(
+        values,
+        [c, h, w],
+        shown.de_normalised,
+        display,
+    ))
 }
 
 fn hallucinator_count(artifact: &Artifact) -> usize {
@@ -602,6 +626,7 @@ fn report_error(path: &Path, reason: String) -> Error {
 
 pub mod compare;
 pub mod curves;
+pub mod layout;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod plot;
 

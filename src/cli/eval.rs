@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use haba::artifact::Artifact;
-use haba::data::{LabelledImages, NormKind, Prepared, subset};
+use haba::data::{NormKind, Prepared, subset};
 use haba::eval::evaluate_factorization;
 use haba::eval::{EvalConfig, EvalProgress, EvalResult};
 use haba::nets::Arch;
@@ -168,26 +168,9 @@ fn run_artifact(common: &Common, args: &Args, path: &std::path::Path) -> anyhow:
     let artifact = Artifact::load(&file, &selected.device)
         .with_context(|| format!("reading {}", file.display()))?;
     let dataset = super::datasets::load(common, &artifact.meta.dataset)?;
-    if dataset.shape != artifact.meta.image || dataset.classes.len() != artifact.meta.classes.len()
-    {
-        bail!(
-            "{} was distilled from {:?} images of {} classes, but {} has {:?} images of {}",
-            file.display(),
-            artifact.meta.image,
-            artifact.meta.classes.len(),
-            dataset.name,
-            dataset.shape,
-            dataset.classes.len()
-        );
-    }
-    let test = LabelledImages {
-        images: artifact.normalization.apply(
-            &dataset.test.images,
-            dataset.shape,
-            &selected.device,
-        )?,
-        labels: dataset.test.labels.clone(),
-    };
+    let test = artifact
+        .test_set(&dataset, &selected.device)
+        .with_context(|| format!("evaluating {}", file.display()))?;
     let mut cfg = protocol(args)?;
     if args.standardize.is_none() {
         cfg.train.standardize_batches = artifact.factorization.hallucinators.is_some();

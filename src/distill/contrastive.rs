@@ -234,14 +234,15 @@ impl Adversary {
 
     /// One adversary step on two (already augmented) views of the bases labelled `labels`:
     /// `λ_cls * CE over both views + λ_like * likeness + λ_con * SupCon`, with the inputs
-    /// detached, then one SGD step on F's parameters. Returns the loss before the step.
+    /// detached, then one SGD step on F's parameters. Returns the loss before the step,
+    /// still on the device.
     pub fn step(
         &mut self,
         x0: Tensor<4>,
         x1: Tensor<4>,
         labels: &[u16],
         weights: &ContrastiveWeights,
-    ) -> f32 {
+    ) -> Tensor<1> {
         let n = labels.len();
         assert!(
             x0.dims()[0] == n && x1.dims()[0] == n,
@@ -264,7 +265,7 @@ impl Adversary {
             .sgd
             .step(self.params.clone(), grad, &mut self.state)
             .inner();
-        loss.inner().into_scalar::<f32>()
+        loss.inner()
     }
 }
 
@@ -457,7 +458,10 @@ mod tests {
         let labels = [0u16, 1, 2, 0, 1, 2];
         let w = ContrastiveWeights::default();
         let losses: Vec<f32> = (0..20)
-            .map(|_| adv.step(x0.clone(), x1.clone(), &labels, &w))
+            .map(|_| {
+                adv.step(x0.clone(), x1.clone(), &labels, &w)
+                    .into_scalar::<f32>()
+            })
             .collect();
         assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
         assert!(losses[19] < 0.9 * losses[0], "{losses:?}");

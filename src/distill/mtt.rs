@@ -317,8 +317,8 @@ impl Objective for Mtt {
         Ok(())
     }
 
-    fn learned_lr(&self) -> Option<f32> {
-        Some(self.lr.clone().into_scalar::<f32>())
+    fn learned_lr(&self) -> Option<Tensor<1>> {
+        Some(self.lr.clone())
     }
 
     fn save(&self, ck: &mut Checkpoint) {
@@ -611,12 +611,12 @@ mod tests {
         };
         let loss = mtt.loss(&syn, &data, &mut Rng::new(1)).unwrap();
         mtt.update(&loss.backward()).unwrap();
-        let lr = mtt.learned_lr().unwrap();
+        let lr = mtt.learned_lr().unwrap().into_scalar::<f32>();
         assert!(lr != 0.5 && lr >= MIN_LR, "{lr}");
         let mut ck = Checkpoint::new(1);
         mtt.save(&mut ck);
         let (_, mut other, _) = setup(Unroll::Graph);
         other.load(&mut ck).unwrap();
-        assert_eq!(other.learned_lr(), Some(lr));
+        assert_eq!(other.learned_lr().unwrap().into_scalar::<f32>(), lr);
     }
 }

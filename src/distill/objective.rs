@@ -54,8 +54,9 @@ pub trait Objective {
         Ok(())
     }
 
-    /// The learning rate the objective has learned for training on the set (MTT's α).
-    fn learned_lr(&self) -> Option<f32> {
+    /// The learning rate the objective has learned for training on the set (MTT's α), on
+    /// the device.
+    fn learned_lr(&self) -> Option<Tensor<1>> {
         None
     }
 

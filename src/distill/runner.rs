@@ -32,6 +32,73 @@ pub struct Losses {
     pub lr: Option<f32>,
 }
 
+/// The losses of one iteration still on the device (see [`Distiller::step_deferred`]).
+pub struct PendingLosses {
+    objective: Tensor<1>,
+    diversity: Option<Tensor<1>>,
+    adversary: Option<Tensor<1>>,
+    lr: Option<Tensor<1>>,
+    method: Method,
+    /// The iteration these are the losses of, counted from 1.
+    iteration: usize,
+}
+
+impl PendingLosses {
+    /// Every loss in one tensor (objective, diversity, adversary, learned rate; 0 where a
+    /// term is off), so that reading them back is one transfer.
+    pub fn stacked(&self) -> Tensor<1> {
+        let device = self.objective.device();
+        let or_zero = |t: &Option<Tensor<1>>| {
+            t.clone()
+                .unwrap_or_else(|| Tensor::<1>::zeros([1], &device))
+        };
+        Tensor::cat(
+            vec![
+                self.objective.clone(),
+                or_zero(&self.diversity),
+                or_zero(&self.adversary),
+                or_zero(&self.lr),
+            ],
+            0,
+        )
+    }
+
+    /// The losses from the values of [`stacked`](Self::stacked); an error naming the
+    /// iteration when the objective is not a number.
+    pub fn losses(&self, values: &[f32]) -> Result<Losses> {
+        let &[objective, diversity, adversary, lr] = values else {
+            return Err(Error::Device(format!(
+                "read {} losses back, expected 4",
+                values.len()
+            )));
+        };
+        if !objective.is_finite() {
+            return Err(Error::NonFinite(format!(
+                "the {} loss became {objective} at iteration {}; the last checkpoint on disk \
+                 is kept: lower the learning rates (lr_bases, lr_hallucinators) and start \
+                 again or resume",
+                self.method, self.iteration
+            )));
+        }
+        Ok(Losses {
+            objective,
+            diversity,
+            adversary,
+            lr: self.lr.as_ref().map(|_| lr),
+        })
+    }
+
+    /// Reads the losses back at once.
+    pub fn read(self) -> Result<Losses> {
+        let values = self
+            .stacked()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::Device(format!("reading the losses back: {e:?}")))?;
+        self.losses(&values)
+    }
+}
+
 /// How many bases per class HaBa may keep so its floats fit the plain method's at `ipc`
 /// images per class (the paper's storage count); an error when not even one fits, naming
 /// the largest setting that would.
@@ -283,13 +350,23 @@ impl Distiller {
 
     /// The learning rate the objective learned for training on the set (MTT's α).
     pub fn learned_lr(&self) -> Option<f32> {
-        self.objective.learned_lr()
+        self.objective
+            .learned_lr()
+            .map(|lr| lr.into_scalar::<f32>())
     }
 
     /// One iteration: the objective's loss on the synthetic images (plus HaBa's diversity
     /// term), one SGD step on bases and hallucinators and on what the objective learns
-    /// itself, then one step of the adversary.
+    /// itself, then one step of the adversary. Stops with an error when the loss is not a
+    /// number (the caller keeps its last good checkpoint).
     pub fn step(&mut self, data: &Prepared) -> Result<Losses> {
+        self.step_deferred(data)?.read()
+    }
+
+    /// [`step`](Self::step) without reading anything back: its losses stay on the device
+    /// until the caller reads them (at once, or awaited in a browser, where a GPU cannot be
+    /// read synchronously), and only then is divergence detected.
+    pub fn step_deferred(&mut self, data: &Prepared) -> Result<PendingLosses> {
         let mut rng = Rng::new(self.cfg.seed).fork(self.iteration as u64 + 1);
 
         // Learnable tensors, tracked for this iteration's backward.
@@ -323,23 +400,14 @@ impl Distiller {
         // HaBa's diversity term: two different hallucinators on the same bases should look
         // different to the adversary.
         let mut loss = objective.clone();
-        let mut diversity = 0.0;
+        let mut diversity = None;
         if let Some(adv) = &self.adversary {
             let (x0, x1) = self.pair(&tracked, bases.clone(), &mut rng)?;
             let d = adv.diversity(x0, x1, &self.cfg.contrastive_weights);
-            diversity = d.clone().into_scalar::<f32>();
+            diversity = Some(d.clone().inner());
             loss = loss + d;
         }
-        let objective = objective.into_scalar::<f32>();
-        if !objective.is_finite() {
-            return Err(Error::NonFinite(format!(
-                "the {} loss became {objective} at iteration {}; the last checkpoint on disk \
-                 is kept: lower the learning rates (lr_bases, lr_hallucinators) and start \
-                 again or resume",
-                self.cfg.method,
-                self.iteration + 1
-            )));
-        }
+        let objective = objective.inner();
 
         let grads = loss.backward();
         let g_bases = bases
@@ -360,7 +428,7 @@ impl Distiller {
         self.objective.update(&grads)?;
 
         // The adversary's own step, on a fresh pair of detached views.
-        let mut adversary = 0.0;
+        let mut adversary = None;
         let views = match self.adversary {
             Some(_) => Some(self.pair(
                 &self.factorization,
@@ -371,14 +439,16 @@ impl Distiller {
         };
         if let (Some((x0, x1)), Some(adv)) = (views, &mut self.adversary) {
             let labels = &self.factorization.labels;
-            adversary = adv.step(x0, x1, labels, &self.cfg.contrastive_weights);
+            adversary = Some(adv.step(x0, x1, labels, &self.cfg.contrastive_weights));
         }
         self.iteration += 1;
-        Ok(Losses {
+        Ok(PendingLosses {
             objective,
             diversity,
             adversary,
             lr: self.objective.learned_lr(),
+            method: self.cfg.method,
+            iteration: self.iteration,
         })
     }
 

@@ -12,6 +12,9 @@ use crate::data::Normalization;
 use crate::error::{Error, Result};
 pub use crate::report::Display;
 pub use crate::report::curves::Curves;
+pub use crate::report::layout::{
+    Filter, Rgba, Tile, bases_grid, matrix_grid, rgba_images, tile_count,
+};
 
 /// The files a view reads: an artifact, and when it sits in a run directory that
 /// directory's metrics and report.
@@ -72,113 +75,6 @@ pub fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// One tile of a grid: an image and what it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tile {
-    /// Index of the basis in the artifact (class-major).
-    pub basis: usize,
-    /// Its position among its class's bases.
-    pub in_class: usize,
-    pub label: u16,
-    /// The hallucinator the basis went through; `None` for the basis itself.
-    pub hallucinator: Option<usize>,
-}
-
-impl Tile {
-    /// Index of the tile's image among [`Rendered::matrix`] (hallucinator-major, as
-    /// [`crate::haba::Factorization::all_images`] orders them) or [`Rendered::bases`].
-    pub fn image_index(&self, bases: usize) -> usize {
-        match self.hallucinator {
-            Some(j) => j * bases + self.basis,
-            None => self.basis,
-        }
-    }
-
-    /// The hover text: label and indices.
-    pub fn describe(&self, classes: &[String]) -> String {
-        let class = classes.get(self.label as usize).map_or("?", String::as_str);
-        let mut s = format!(
-            "class {} ({class})\nbasis {} (#{} of its class)",
-            self.label, self.basis, self.in_class
-        );
-        if let Some(j) = self.hallucinator {
-            s.push_str(&format!("\nhallucinator {j}"));
-        }
-        s
-    }
-}
-
-/// What the grids show: one class or all, one hallucinator or all.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    pub class: Option<u16>,
-    pub hallucinator: Option<usize>,
-}
-
-/// The bases with their position in their class, in artifact order, keeping `class`.
-fn bases_of(labels: &[u16], class: Option<u16>) -> Vec<Tile> {
-    let mut seen = std::collections::HashMap::<u16, usize>::new();
-    labels
-        .iter()
-        .enumerate()
-        .map(|(basis, &label)| {
-            let n = seen.entry(label).or_default();
-            *n += 1;
-            Tile {
-                basis,
-                in_class: *n - 1,
-                label,
-                hallucinator: None,
-            }
-        })
-        .filter(|t| class.is_none_or(|c| c == t.label))
-        .collect()
-}
-
-/// The bases view: one row per class (only the filtered one), its bases left to right.
-pub fn bases_grid(labels: &[u16], classes: usize, filter: Filter) -> Vec<Vec<Tile>> {
-    let tiles = bases_of(labels, filter.class);
-    (0..classes as u16)
-        .filter(|c| filter.class.is_none_or(|f| f == *c))
-        .map(|c| tiles.iter().copied().filter(|t| t.label == c).collect())
-        .filter(|row: &Vec<Tile>| !row.is_empty())
-        .collect()
-}
-
-/// The hallucinator x basis matrix: one row per hallucinator (only the filtered one),
-/// every basis (of the filtered class) left to right. Without hallucinators (`count`
-/// 0, a plain DM/MTT set) the bases are the images: one row of them.
-pub fn matrix_grid(labels: &[u16], count: usize, filter: Filter) -> Vec<Vec<Tile>> {
-    let bases = bases_of(labels, filter.class);
-    if count == 0 {
-        return vec![bases];
-    }
-    (0..count)
-        .filter(|j| filter.hallucinator.is_none_or(|f| f == *j))
-        .map(|j| {
-            bases
-                .iter()
-                .map(|t| Tile {
-                    hallucinator: Some(j),
-                    ..*t
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// Number of tiles of a grid.
-pub fn tile_count(grid: &[Vec<Tile>]) -> usize {
-    grid.iter().map(Vec::len).sum()
-}
-
-/// An image ready for a texture or a PNG: `size` is `[width, height]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rgba {
-    pub size: [usize; 2],
-    pub bytes: Vec<u8>,
-}
-
 /// Normalised images `[N, C, H, W]` (C = 1 or 3) as RGBA, in the colours the run's PNGs
 /// use for `display` ([`crate::report::displayed`]). Reads them back from the device once.
 pub fn to_rgba(
@@ -186,28 +82,9 @@ pub fn to_rgba(
     normalization: &Normalization,
     display: Display,
 ) -> Result<Vec<Rgba>> {
-    let [n, c, h, w] = images.dims();
+    let dims = images.dims();
     let values = crate::report::displayed(images, normalization, display).map_err(Error::Config)?;
-    let plane = h * w;
-    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-    Ok((0..n)
-        .map(|i| {
-            let img = &values[i * c * plane..(i + 1) * c * plane];
-            let mut bytes = Vec::with_capacity(plane * 4);
-            for p in 0..plane {
-                let (r, g, b) = if c >= 3 {
-                    (img[p], img[plane + p], img[2 * plane + p])
-                } else {
-                    (img[p], img[p], img[p])
-                };
-                bytes.extend_from_slice(&[byte(r), byte(g), byte(b), 255]);
-            }
-            Rgba {
-                size: [w, h],
-                bytes,
-            }
-        })
-        .collect())
+    Ok(rgba_images(&values, dims))
 }
 
 /// Every image the grids show, generated on the artifact's device (on wgpu: our WGSL
