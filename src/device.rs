@@ -151,9 +151,9 @@ fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
 }
 
 /// [`select`] for a browser: WebGPU's adapter can only be requested asynchronously. `Auto`
-/// takes WebGPU whenever the browser offers an adapter (software ones too: in a browser the
-/// CPU backend is single-threaded WebAssembly, slower than any WebGPU) and otherwise the
-/// CPU backend, saying why.
+/// takes WebGPU whenever the browser offers an adapter, software ones too (a page is there
+/// to show WebGPU; on a CPU-only machine SwiftShader was slower than the CPU backend, so
+/// the reason says so), and otherwise the CPU backend, saying why.
 #[cfg(target_arch = "wasm32")]
 pub async fn select_async(choice: DeviceChoice, seed: u64) -> Result<Selected> {
     if matches!(choice, DeviceChoice::Gpu | DeviceChoice::Auto) && BROWSER_ADAPTER.get().is_none() {
@@ -182,7 +182,9 @@ pub async fn select_async(choice: DeviceChoice, seed: u64) -> Result<Selected> {
                 backend: BackendKind::Wgpu,
                 name: a.name.clone(),
                 reason: if a.software {
-                    "the browser's WebGPU adapter (a software one: expect it to be slow)".into()
+                    "the browser's WebGPU adapter, a software one: expect it to be slower than \
+                     the CPU backend"
+                        .into()
                 } else {
                     "the browser's WebGPU adapter".into()
                 },

@@ -4,7 +4,8 @@
 //
 // URL options: `?demo` runs the whole tour by itself (load the shipped set, draw it, train,
 // show the accuracy); `?cpu` uses the CPU backend even where WebGPU exists;
-// `?epochs=N` sets the demo's training length.
+// `?epochs=N` sets the demo's training length; `?distill=N` ends the demo with a
+// distillation of N iterations.
 import init, { Session } from "./haba_web.js";
 
 const $ = (id) => document.getElementById(id);
@@ -211,6 +212,7 @@ async function main() {
     await guard(async () => {
       await loadShipped();
       await train(epochs);
+      if (params.has("distill")) await distill(Number(params.get("distill")));
     })();
   }
 }

@@ -134,7 +134,8 @@ impl Session {
         )
     }
 
-    /// The bases, one row per class (`class` < 0: all classes).
+    /// The bases, one row per class (`class` < 0: all classes; one row in all when every
+    /// class has one basis).
     pub fn bases(&self, class: i32, stretch: bool) -> Result<PendingPicture, JsError> {
         let artifact = self.artifact()?;
         let f = &artifact.factorization;
@@ -142,7 +143,11 @@ impl Session {
             class: u16::try_from(class).ok(),
             hallucinator: None,
         };
-        let grid = bases_grid(&f.labels, artifact.meta.classes.len(), filter);
+        let mut grid = bases_grid(&f.labels, artifact.meta.classes.len(), filter);
+        // One basis per class: one row of them, not a column as tall as the classes.
+        if grid.iter().all(|row| row.len() == 1) {
+            grid = vec![grid.concat()];
+        }
         PendingPicture::new(artifact, f.bases.clone(), grid, stretch)
     }
 

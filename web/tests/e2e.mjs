@@ -4,7 +4,7 @@
 // without WebGPU.
 //
 //   node web/tests/e2e.mjs [--dist web/dist] [--screenshot docs/web.png] [--timeout-s 600]
-//                          [--skip-fallback] [--chromium /usr/bin/chromium]
+//                          [--skip-fallback] [--chromium /usr/bin/chromium] [--distilled-out FILE]
 //
 // Exit code 0 on success; on failure, 1 and a line starting with "FAIL:".
 import fs from 'node:fs';
@@ -100,6 +100,9 @@ function describeHeader(header) {
     .map(([k, v]) => `${k}=${String(v).length > 200 ? String(v).slice(0, 200) + '...' : v}`);
   return `tensors [${tensors.join(', ')}], metadata {${meta.join('; ')}}`;
 }
+
+/** Iterations of the distillation the CPU tour ends with. */
+const DISTILL_ITERATIONS = 2;
 
 /** A static file server for `root` on 127.0.0.1 at a free port. */
 export async function serve(root) {
@@ -218,6 +221,8 @@ async function main() {
       screenshot: { type: 'string', default: 'docs/web.png' },
       'timeout-s': { type: 'string', default: '600' },
       'skip-fallback': { type: 'boolean', default: false },
+      // Where to save the set the CPU run distils (for `haba eval` to read back).
+      'distilled-out': { type: 'string' },
       chromium: { type: 'string', default: process.env.CHROMIUM ?? '/usr/bin/chromium' },
     },
   });
@@ -277,15 +282,33 @@ async function main() {
       const cpu = await launch(opt.chromium, NO_WEBGPU_ARGS, 'no-WebGPU');
       cleanups.push(cpu.close);
       if (await probeWebGPU(cpu.context, origin, 'no-WebGPU')) fail(`the fallback browser still has a WebGPU adapter despite ${NO_WEBGPU_ARGS.join(' ')}`);
+      // The CPU does the whole tour too, briefly, ending with a distillation to download.
       const fb = await newPage(cpu.context, 'fallback');
-      await fb.goto(`${origin}/`, { waitUntil: 'commit' });
-      const fbText = await waitForState(fb, ['ready'], timeoutS, 'fallback');
+      await fb.goto(`${origin}/?demo&epochs=2&distill=${DISTILL_ITERATIONS}`, { waitUntil: 'commit' });
+      const fbText = await waitForState(fb, ['distilled'], timeoutS, 'fallback');
       const fbBackend = await fbText('#backend');
       log(`fallback backend: ${fbBackend}`);
       if (!/cpu/i.test(fbBackend ?? '')) fail(`fallback: #backend should name the CPU, says ${JSON.stringify(fbBackend)}`);
       const why = [await fbText('#status'), await fbText('#webgpu-note')].filter(Boolean);
       if (!why.some((t) => /webgpu/i.test(t))) fail(`fallback: neither #status nor #webgpu-note mentions WebGPU: ${JSON.stringify(why)}`);
       log(`fallback note: ${why.find((t) => /webgpu/i.test(t))}`);
+      log(`fallback: trained to ${await fbText('#accuracy')} in 2 epochs; ${await fbText('#status')}`);
+
+      // The download link holds a whole distilled.safetensors: 10 classes x 1 basis x 5
+      // hallucinators, as the page's quick settings make.
+      const bytes = Buffer.from(await fb.evaluate(async () => {
+        const link = document.getElementById('download');
+        if (link.hidden || !link.href) return [];
+        return Array.from(new Uint8Array(await (await fetch(link.href)).arrayBuffer()));
+      }));
+      if (bytes.length === 0) fail('fallback: the distillation left no download');
+      const made = expectedTiles(bytes);
+      if (made.tiles !== 50) fail(`fallback: the downloaded set makes ${made.tiles} images, expected 50 (10 bases x 5 hallucinators)`);
+      log(`download: ${bytes.length} bytes, ${made.bases} bases x ${made.hallucinators} hallucinators`);
+      if (opt['distilled-out']) {
+        fs.writeFileSync(opt['distilled-out'], bytes);
+        log(`download saved to ${opt['distilled-out']}`);
+      }
     }
   } finally {
     for (const c of cleanups.reverse()) await c();
