@@ -163,7 +163,7 @@ pub fn evaluate_factorization(
     on_progress: &mut dyn FnMut(EvalProgress),
 ) -> Result<EvalResult> {
     let (images, labels) = fact.all_images()?;
-    let views = fact.hallucinators.as_ref().map_or(1, |h| h.shape.count);
+    let views = fact.hallucinator_count().max(1);
     let set = LabelledImages {
         images: images.inner(),
         labels,

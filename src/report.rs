@@ -155,7 +155,7 @@ pub fn hallucinated_png(run_dir: &Path, artifact: &Artifact, display: Display) -
     let fail = |r: String| report_error(&path, r);
     let f = &artifact.factorization;
     let n = f.len();
-    let m = hallucinator_count(artifact);
+    let m = artifact.factorization.hallucinator_count().max(1);
     let image = artifact.meta.image;
     let by_class = bases_by_class(artifact).map_err(fail)?;
     let per_class = by_class.iter().map(Vec::len).max().unwrap_or(0).max(1);
@@ -222,7 +222,7 @@ pub fn export_png_dir(artifact: &Artifact, out_dir: &Path) -> Result<usize> {
     }
     let image = artifact.meta.image;
     let mut written = 0;
-    for j in 0..hallucinator_count(artifact) {
+    for j in 0..artifact.factorization.hallucinator_count().max(1) {
         let pixels = hallucinated_pixels(artifact, j, Display::TrueColour).map_err(fail)?;
         for (i, tile) in pixels.chunks_exact(image.numel()).enumerate() {
             let (class, k) = place[i];
@@ -594,14 +594,6 @@ pub fn displayed(
         shown.de_normalised,
         display,
     ))
-}
-
-fn hallucinator_count(artifact: &Artifact) -> usize {
-    artifact
-        .factorization
-        .hallucinators
-        .as_ref()
-        .map_or(1, |h| h.shape.count)
 }
 
 /// The bases of each class, in order: entry `c` lists the indices of class c's bases.

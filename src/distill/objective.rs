@@ -26,10 +26,7 @@ pub struct Synthetic<'a> {
 impl Synthetic<'_> {
     /// How many hallucinators there are (1 without HaBa: the bases are the images).
     pub fn hallucinators(&self) -> usize {
-        self.fact
-            .hallucinators
-            .as_ref()
-            .map_or(1, |h| h.shape.count)
+        self.fact.hallucinator_count().max(1)
     }
 
     /// Every basis through hallucinator `h[i]`, on the graph.

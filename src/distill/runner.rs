@@ -461,7 +461,7 @@ impl Distiller {
         bases: Tensor<4>,
         rng: &mut Rng,
     ) -> Result<(Tensor<4>, Tensor<4>)> {
-        let m = fact.hallucinators.as_ref().map_or(1, |h| h.shape.count);
+        let m = fact.hallucinator_count().max(1);
         let n = fact.len();
         let j = rng.below(m);
         let k = (j + 1 + rng.below(m - 1)) % m;

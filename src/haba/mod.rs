@@ -101,15 +101,20 @@ impl Factorization {
     /// Each of `bases` through every hallucinator, hallucinator-major (`M * N` images; the
     /// bases themselves without hallucinators).
     pub fn every_view(&self, bases: Tensor<4>) -> Result<Tensor<4>, crate::Error> {
-        let m = self.hallucinators.as_ref().map_or(1, |h| h.shape.count);
+        let m = self.hallucinator_count().max(1);
         let n = bases.dims()[0];
         let h: Vec<usize> = (0..m).flat_map(|j| std::iter::repeat_n(j, n)).collect();
         self.images(Tensor::cat(vec![bases; m], 0), &h)
     }
 
     /// Every training image (see [`Self::every_view`]), with their labels.
+    /// How many hallucinators the set has (0 for a plain set of images).
+    pub fn hallucinator_count(&self) -> usize {
+        self.hallucinators.as_ref().map_or(0, |h| h.shape.count)
+    }
+
     pub fn all_images(&self) -> Result<(Tensor<4>, Vec<u16>), crate::Error> {
-        let m = self.hallucinators.as_ref().map_or(1, |h| h.shape.count);
+        let m = self.hallucinator_count().max(1);
         let labels = (0..m).flat_map(|_| self.labels.iter().copied()).collect();
         Ok((self.every_view(self.bases.clone())?, labels))
     }

@@ -203,7 +203,7 @@ impl App {
     fn controls(&mut self, ui: &mut egui::Ui) {
         let meta = &self.artifact.meta;
         let f = &self.artifact.factorization;
-        let m = model::hallucinator_count(&self.artifact);
+        let m = self.artifact.factorization.hallucinator_count();
         ui.heading("haba view");
         ui.label(format!("{} on {}", meta.method, meta.dataset));
         ui.label(format!(
@@ -360,7 +360,7 @@ impl App {
     }
 
     fn matrix_view(&mut self, ui: &mut egui::Ui) {
-        let m = model::hallucinator_count(&self.artifact);
+        let m = self.artifact.factorization.hallucinator_count();
         let rows = model::matrix_grid(&self.artifact.factorization.labels, m, self.filter);
         ui.label(format!(
             "hallucinator x basis: {} images generated on {} from the stored factorization \

@@ -111,15 +111,6 @@ impl Rendered {
     }
 }
 
-/// Hallucinator count of an artifact (0 for a plain set).
-pub fn hallucinator_count(artifact: &Artifact) -> usize {
-    artifact
-        .factorization
-        .hallucinators
-        .as_ref()
-        .map_or(0, |h| h.shape.count)
-}
-
 /// The what-if row: one normalised image `[1, Cb, H, W]` (a basis, or a real image brought
 /// to the bases' channels) through every hallucinator.
 pub fn what_if(artifact: &Artifact, image: Tensor<4>, display: Display) -> Result<Vec<Rgba>> {

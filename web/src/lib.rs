@@ -107,7 +107,7 @@ impl Session {
     }
 
     pub fn hallucinators(&self) -> Result<usize, JsError> {
-        Ok(hallucinator_count(self.artifact()?))
+        Ok(self.artifact()?.factorization.hallucinator_count())
     }
 
     /// The hallucinator x basis matrix (the bases themselves for a set without
@@ -120,7 +120,7 @@ impl Session {
             class: u16::try_from(class).ok(),
             hallucinator: None,
         };
-        let count = hallucinator_count(artifact);
+        let count = artifact.factorization.hallucinator_count();
         let images = if count > 0 {
             f.all_images().map_err(js)?.0
         } else {
@@ -182,7 +182,7 @@ impl Session {
         };
         let cfg = TrainConfig {
             standardize_batches: f.hallucinators.is_some(),
-            views: hallucinator_count(artifact).max(1),
+            views: artifact.factorization.hallucinator_count().max(1),
             ..TrainConfig::protocol(epochs, artifact.lr.unwrap_or(0.01))
         };
         let mut rng = Rng::new(seed);
@@ -248,19 +248,11 @@ impl Session {
     }
 }
 
-fn hallucinator_count(artifact: &Artifact) -> usize {
-    artifact
-        .factorization
-        .hallucinators
-        .as_ref()
-        .map_or(0, |h| h.shape.count)
-}
-
 /// "haba-dm on fashion-mnist: 10 bases x 5 hallucinators, 14700 floats (1.88 images per class)"
 fn describe(artifact: &Artifact) -> String {
     let s = artifact.storage();
     let bases = artifact.factorization.len();
-    let views = match hallucinator_count(artifact) {
+    let views = match artifact.factorization.hallucinator_count() {
         0 => String::new(),
         m => format!(" x {m} hallucinators"),
     };
