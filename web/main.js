@@ -202,7 +202,7 @@ async function main() {
   if (!session.on_gpu()) {
     $("webgpu-note").textContent = params.has("cpu")
       ? "asked for with ?cpu"
-      : `no WebGPU: ${session.reason()}. Training and distilling run on the CPU, more slowly.`;
+      : `no WebGPU: ${session.reason()}. Training and distilling run on the CPU.`;
   }
   $("test-count").textContent = String(session.test_images());
   status(`ready on ${session.backend()} (${session.reason()})`);
