@@ -1,5 +1,6 @@
 //! Mutation fuzzing of the files haba reads back: artifacts, checkpoints, IDX files (raw
-//! and gzipped) and CIFAR-100 batches with their class names, each damaged in a thousand
+//! and gzipped), CIFAR-10 and CIFAR-100 batches with their class names, and the images of
+//! a class-per-folder tree, each damaged in up to a thousand
 //! seeded ways (bytes flipped, words replaced by extreme numbers, cuts, insertions). Every
 //! damaged file must give an error or a valid result, never a panic.
 
@@ -137,4 +138,66 @@ fn damaged_cifar100_files_give_errors_not_panics() {
         std::fs::write(dir.join(CIFAR100_NAMES), bytes).unwrap();
         let _ = load_cifar100(&dir);
     });
+}
+
+#[test]
+fn damaged_cifar10_files_give_errors_not_panics() {
+    use haba::data::cifar::{CIFAR10_NAMES, CIFAR10_TEST, CIFAR10_TRAIN, load_cifar10};
+    let dir = common::scratch("fuzz-cifar10");
+    // Two records of a label and 3072 pixel bytes, in every batch file.
+    let mut batch = Vec::new();
+    for label in [3u8, 9] {
+        batch.push(label);
+        batch.extend((0..3072).map(|i| (i % 253) as u8));
+    }
+    for file in CIFAR10_TRAIN.iter().chain([&CIFAR10_TEST]) {
+        std::fs::write(dir.join(file), &batch).unwrap();
+    }
+    let names: String = (0..10).map(|c| format!("class{c}\n")).collect();
+    std::fs::write(dir.join(CIFAR10_NAMES), &names).unwrap();
+    assert_eq!(load_cifar10(&dir).unwrap().test.labels, [3, 9]);
+    fuzz("cifar-10 batch", &batch, |bytes| {
+        std::fs::write(dir.join(CIFAR10_TRAIN[2]), bytes).unwrap();
+        let _ = load_cifar10(&dir);
+    });
+    std::fs::write(dir.join(CIFAR10_TRAIN[2]), &batch).unwrap();
+    fuzz("cifar-10 names", names.as_bytes(), |bytes| {
+        std::fs::write(dir.join(CIFAR10_NAMES), bytes).unwrap();
+        let _ = load_cifar10(&dir);
+    });
+}
+
+#[test]
+fn damaged_images_in_a_folder_tree_give_errors_not_panics() {
+    use haba::data::FolderOptions;
+    use haba::data::folder::load;
+    let root = common::scratch("fuzz-folder");
+    // Two classes of two 6x5 PNG images in train/ and test/.
+    let png = |v: u8| {
+        let img =
+            image::RgbImage::from_fn(6, 5, |x, y| image::Rgb([v, x as u8 * 40, y as u8 * 50]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    for split in ["train", "test"] {
+        for class in ["cat", "dog"] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..2u8 {
+                std::fs::write(dir.join(format!("{i}.png")), png(100 + i)).unwrap();
+            }
+        }
+    }
+    let options = FolderOptions::default();
+    assert_eq!(load(&root, &options).unwrap().train.labels.len(), 4);
+    let victim = root.join("train").join("dog").join("1.png");
+    // Fewer mutants than elsewhere: each one decodes a whole tree.
+    let good = png(101);
+    for seed in 0..MUTANTS / 4 {
+        std::fs::write(&victim, mutate(&good, seed)).unwrap();
+        if catch_unwind(AssertUnwindSafe(|| load(&root, &options))).is_err() {
+            panic!("folder tree: mutant {seed} of a PNG made the reader panic");
+        }
+    }
 }
