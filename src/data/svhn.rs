@@ -247,4 +247,29 @@ mod tests {
         let msg = load(dir.path()).unwrap_err().to_string();
         assert!(msg.contains(TRAIN), "{msg}");
     }
+
+    /// Every cut and every byte set to 0x00 or 0xFF, in a plain and a compressed file:
+    /// an error or a valid result each time, never a panic. (The mutation suite in
+    /// `tests/fuzz.rs` cannot write MAT files: the writer lives in these unit tests.)
+    #[test]
+    fn every_cut_and_extreme_byte_gives_an_error_not_a_panic() {
+        let dir = TempDir::new("svhn-fuzz");
+        for compress in [false, true] {
+            let (good, _) = svhn_file(2, &[1.0, 10.0], compress, false);
+            let mut mutants: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
+            for i in 0..good.len() {
+                for v in [0x00, 0xFF] {
+                    let mut bad = good.clone();
+                    bad[i] = v;
+                    mutants.push(bad);
+                }
+            }
+            let path = dir.path().join("mutant.mat");
+            for (k, bad) in mutants.iter().enumerate() {
+                std::fs::write(&path, bad).unwrap();
+                let read = std::panic::catch_unwind(|| read_split(&path).map(|_| ()));
+                assert!(read.is_ok(), "compress {compress}: mutant {k} panicked");
+            }
+        }
+    }
 }
