@@ -151,6 +151,17 @@ pub fn evaluate(
     Ok(EvalResult::from_accuracies(accuracies))
 }
 
+/// Every image a factorization makes (every basis through every hallucinator, view-major),
+/// labelled, and how many views of each basis that is: what a network trains on.
+pub fn training_set(fact: &Factorization) -> Result<(LabelledImages, usize)> {
+    let (images, labels) = fact.all_images()?;
+    let set = LabelledImages {
+        images: images.inner(),
+        labels,
+    };
+    Ok((set, fact.hallucinator_count().max(1)))
+}
+
 /// The evaluation protocol on a factorization's images. HaBa sets hold M views of each
 /// basis and each epoch draws one, as HaBa's evaluation does. Whether batches are standardised is
 /// `cfg.train.standardize_batches` (see `DistillConfig::eval_config`).
@@ -162,12 +173,7 @@ pub fn evaluate_factorization(
     seed: u64,
     on_progress: &mut dyn FnMut(EvalProgress),
 ) -> Result<EvalResult> {
-    let (images, labels) = fact.all_images()?;
-    let views = fact.hallucinator_count().max(1);
-    let set = LabelledImages {
-        images: images.inner(),
-        labels,
-    };
+    let (set, views) = training_set(fact)?;
     let cfg = EvalConfig {
         train: TrainConfig {
             views,

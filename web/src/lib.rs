@@ -10,7 +10,7 @@ use haba::augment::Dsa;
 use haba::burn::tensor::{Device, Int, Tensor, TensorData};
 use haba::data::{Dataset, LabelledImages, embedded};
 use haba::device::{DeviceChoice, Selected};
-use haba::eval::{DEFAULT_DSA, dsa_from_name};
+use haba::eval::{DEFAULT_DSA, dsa_from_name, training_set};
 use haba::haba::{Factorization, Hallucinators};
 use haba::nets::{Arch, Network};
 use haba::report::layout::{Filter, Rgba, bases_grid, compose, matrix_grid, rgba_images};
@@ -174,15 +174,10 @@ impl Session {
         let arch: Arch = model.parse().map_err(js)?;
         let net =
             Network::new(&arch, artifact.meta.image, artifact.meta.classes.len()).map_err(js)?;
-        let f = &artifact.factorization;
-        let (images, labels) = f.all_images().map_err(js)?;
-        let set = LabelledImages {
-            images: images.inner(),
-            labels,
-        };
+        let (set, views) = training_set(&artifact.factorization).map_err(js)?;
         let cfg = TrainConfig {
-            standardize_batches: f.hallucinators.is_some(),
-            views: artifact.factorization.hallucinator_count().max(1),
+            standardize_batches: artifact.factorization.hallucinators.is_some(),
+            views,
             ..TrainConfig::protocol(epochs, artifact.lr.unwrap_or(0.01))
         };
         let mut rng = Rng::new(seed);
