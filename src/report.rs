@@ -30,6 +30,8 @@ pub const CURVES_PNG: &str = "curves.png";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Display {
     /// De-normalised and clamped to [0, 1]: the colours the network is trained on.
+    /// Single-channel images the normalisation does not fit (HaBa's one-channel bases of
+    /// colour data) have no true colour and are stretched as [`Display::Stretch`] does.
     #[default]
     TrueColour,
     /// De-normalised, then each image mapped linearly from its own minimum (black) to its
@@ -109,7 +111,8 @@ pub fn write_grid_png(
     scale: u32,
 ) -> Result<()> {
     let [n, c, h, w] = images.dims();
-    let pixels = true_colour(images, normalization).map_err(|r| report_error(path, r))?;
+    let pixels =
+        displayed(images, normalization, Display::TrueColour).map_err(|r| report_error(path, r))?;
     let slots: Vec<Option<usize>> = (0..n).map(Some).collect();
     let grid = Grid {
         tile: [c, h, w],
@@ -472,14 +475,6 @@ pub(crate) fn encode_png(bytes: &[u8], w: usize, h: usize, c: usize) -> Result<V
         .write_image(bytes, w as u32, h as u32, colour)
         .map_err(|e| format!("encoding PNG: {e}"))?;
     Ok(out)
-}
-
-/// Images (normalised, `[N, C, H, W]`) as true-colour [0, 1] floats, CHW image after
-/// image: de-normalised when the normalisation fits their shape, else (single channel)
-/// each stretched from its own minimum to maximum. The same colours the PNGs get (the
-/// viewer shows them too).
-pub fn true_colour(images: Tensor<4>, normalization: &Normalization) -> Result<Vec<f32>, String> {
-    displayed(images, normalization, Display::TrueColour)
 }
 
 /// Whether `normalization` can de-normalise images of this shape.

@@ -2,7 +2,7 @@
 //! the CLI's `quick` settings, stepped from JavaScript so the page stays responsive.
 
 use haba::artifact::Artifact;
-use haba::burn::tensor::{Device, Tensor};
+use haba::burn::tensor::Device;
 use haba::data::{Dataset, Prepared};
 use haba::distill::config::DistillConfig;
 use haba::distill::run::artifact_of;
@@ -64,10 +64,7 @@ impl Distilling {
     /// One iteration; await `read()` for its DM loss.
     pub fn step(&mut self) -> Result<PendingStep, JsError> {
         let pending = self.distiller.step_deferred(&self.data).map_err(js)?;
-        Ok(PendingStep {
-            stacked: pending.stacked(),
-            pending,
-        })
+        Ok(PendingStep { pending })
     }
 
     /// The set as a `distilled.safetensors`; await `read()` for its bytes.
@@ -82,14 +79,13 @@ impl Distilling {
 #[wasm_bindgen]
 pub struct PendingStep {
     pending: PendingLosses,
-    stacked: Tensor<1>,
 }
 
 #[wasm_bindgen]
 impl PendingStep {
     /// The iteration's DM loss; an error when it is not a number.
     pub async fn read(self) -> Result<f32, JsError> {
-        let values = read_f32(self.stacked).await?;
+        let values = read_f32(self.pending.stacked()).await?;
         Ok(self.pending.losses(&values).map_err(js)?.objective)
     }
 }

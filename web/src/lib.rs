@@ -13,7 +13,9 @@ use haba::device::{DeviceChoice, Selected};
 use haba::eval::{DEFAULT_DSA, dsa_from_name, training_set};
 use haba::haba::{Factorization, Hallucinators};
 use haba::nets::{Arch, Network};
-use haba::report::layout::{Filter, Rgba, bases_grid, compose, matrix_grid, rgba_images};
+use haba::report::layout::{
+    Filter, Rgba, bases_grid, compose, matrix_grid, rgba_images, tile_count,
+};
 use haba::report::{Display, display_tensor, display_values};
 use haba::rng::Rng;
 use haba::train::{TrainConfig, Trainer, check_loss};
@@ -120,18 +122,10 @@ impl Session {
             class: u16::try_from(class).ok(),
             hallucinator: None,
         };
-        let count = artifact.factorization.hallucinator_count();
-        let images = if count > 0 {
-            f.all_images().map_err(js)?.0
-        } else {
-            f.bases.clone()
-        };
-        PendingPicture::new(
-            artifact,
-            images,
-            matrix_grid(&f.labels, count, filter),
-            stretch,
-        )
+        // Without hallucinators, all_images is the bases themselves.
+        let images = f.all_images().map_err(js)?.0;
+        let grid = matrix_grid(&f.labels, f.hallucinator_count(), filter);
+        PendingPicture::new(artifact, images, grid, stretch)
     }
 
     /// The bases, one row per class (`class` < 0: all classes; one row in all when every
@@ -297,7 +291,7 @@ impl PendingPicture {
         let values = display_values(values, [c, h, w], self.de_normalised, self.display);
         let images = rgba_images(&values, [n, c, h, w]);
         let bases = self.bases;
-        let tiles = self.grid.iter().map(Vec::len).sum();
+        let tiles = tile_count(&self.grid);
         let picture = compose(&self.grid, |t| &images[t.image_index(bases)], GAP);
         Ok(Picture {
             picture,
