@@ -24,7 +24,7 @@ use super::config::{DmSettings, Views};
 use super::objective::{Objective, Synthetic};
 use crate::augment::Dsa;
 use crate::data::Prepared;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::nets::{BnMode, Network};
 use crate::rng::Rng;
 
@@ -43,12 +43,54 @@ impl Dm {
         for (i, &l) in data.train.labels.iter().enumerate() {
             by_class[l as usize].push(i);
         }
+        let embedder = Network::new(&settings.embedder, data.shape, data.classes)?;
+        check_real_batches(settings, &embedder, by_class.iter().map(Vec::len))?;
         Ok(Self {
             settings: settings.clone(),
-            embedder: Network::new(&settings.embedder, data.shape, data.classes)?,
+            embedder,
             by_class,
         })
     }
+}
+
+/// Refuses real batches that cannot fit in memory, with the estimate: a step holds every
+/// class's batch at once, and the embedder's first layer makes `width` planes of each
+/// image it sees (all classes together for a BatchNorm embedder, one class at a time
+/// otherwise), its output and the activation after it.
+fn check_real_batches(
+    settings: &DmSettings,
+    embedder: &Network,
+    class_sizes: impl Iterator<Item = usize> + Clone,
+) -> Result<()> {
+    let shape = embedder.shape();
+    let takes = class_sizes.map(|n| settings.batch_real.min(n) as u128);
+    let total: u128 = takes.clone().sum();
+    let at_once = if settings.embedder.has_batch_norm() {
+        total
+    } else {
+        takes.max().unwrap_or(0)
+    };
+    let width = embedder
+        .params()
+        .first()
+        .filter(|e| e.shape.len() == 4)
+        .map_or(0, |e| e.shape[0] as u128);
+    let planes = (shape.height * shape.width) as u128;
+    let floats = total
+        .checked_mul(shape.numel() as u128)
+        .zip(
+            at_once
+                .checked_mul(width * planes)
+                .and_then(|f| f.checked_mul(2)),
+        )
+        .and_then(|(images, layer)| images.checked_add(layer));
+    crate::device::fits_in_memory(floats.and_then(|f| f.checked_mul(4))).map_err(|why| {
+        Error::Config(format!(
+            "dm.batch_real {} ({total} real images a step through {}) {why}: lower \
+             dm.batch_real",
+            settings.batch_real, settings.embedder
+        ))
+    })
 }
 
 impl Objective for Dm {
@@ -366,5 +408,44 @@ mod tests {
             let loss = dm_loss(&net, &params, &real, &other, &Dsa::full(), 0);
             assert!(scalar(loss.inner()) > 0.0, "{name}");
         }
+    }
+
+    /// Real batches are sized from each class's count and refused, with the estimate, when
+    /// they cannot fit; a class smaller than `batch_real` caps its batch.
+    #[test]
+    fn real_batches_beyond_memory_are_refused_by_setting() {
+        let settings = |batch_real: usize, embedder: &str| DmSettings {
+            batch_real,
+            embedder: embedder.parse().unwrap(),
+            ..DmSettings::default()
+        };
+        let net = tiny("ConvNetD1W4");
+        let huge = [1usize << 50; 2];
+        check_real_batches(&settings(256, "ConvNetD1W4"), &net, huge.iter().copied()).unwrap();
+        let err = check_real_batches(
+            &settings(usize::MAX, "ConvNetD1W4"),
+            &net,
+            huge.iter().copied(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("dm.batch_real") && err.contains("GB"), "{err}");
+        // Two small classes cap any batch_real.
+        check_real_batches(
+            &settings(usize::MAX, "ConvNetD1W4"),
+            &net,
+            [3usize, 5].into_iter(),
+        )
+        .unwrap();
+        // The largest counts a machine can name: still an error, never a wrapped size.
+        let bn = tiny("ConvNetD1W4BN");
+        let err = check_real_batches(
+            &settings(usize::MAX, "ConvNetD1W4BN"),
+            &bn,
+            [usize::MAX; 4].into_iter(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("dm.batch_real"), "{err}");
     }
 }
