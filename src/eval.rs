@@ -47,6 +47,10 @@ pub struct EvalResult {
     pub accuracies: Vec<f32>,
     pub mean: f32,
     pub std: f32,
+    /// The learning rate the networks trained at (an MTT run's learned α, or the
+    /// protocol's); absent in reports written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f32>,
 }
 
 impl EvalResult {
@@ -62,6 +66,7 @@ impl EvalResult {
             accuracies,
             mean: mean as f32,
             std: var.sqrt() as f32,
+            lr: None,
         }
     }
 
@@ -148,7 +153,10 @@ pub fn evaluate(
         });
         accuracies.push(acc);
     }
-    Ok(EvalResult::from_accuracies(accuracies))
+    Ok(EvalResult {
+        lr: Some(lr),
+        ..EvalResult::from_accuracies(accuracies)
+    })
 }
 
 /// Every image a factorization makes (every basis through every hallucinator, view-major),

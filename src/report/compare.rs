@@ -38,17 +38,23 @@ pub fn rows_of_report(run: &str, json: &str) -> Result<Vec<Row>> {
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
     let dataset = text(&v, "dataset").ok_or_else(|| bad("no dataset"))?;
     let eval = &v["settings"]["eval"];
-    // The learning rate is an f32 in the config: shown as one ("0.01", not 0.00999...).
-    let lr = eval["lr"]
-        .as_f64()
-        .map_or("?".into(), |lr| (lr as f32).to_string());
-    let protocol = format!(
-        "{} x {}, {} epochs, lr {lr}",
-        eval["nets"],
-        eval["model"].as_str().unwrap_or("?"),
-        eval["epochs"],
-    );
-    let row = |name: String, storage: &Value, result: &Value, iterations: Option<u64>| {
+    // The rate each result trained at (an MTT run's learned α, which older reports keep
+    // only beside the run's result), else the configured one; an f32 either way, shown as
+    // one ("0.01", not 0.00999...).
+    let protocol = |result: &Value, learned: &Value| {
+        let lr = result["lr"]
+            .as_f64()
+            .or(learned.as_f64())
+            .or(eval["lr"].as_f64())
+            .map_or("?".into(), |lr| (lr as f32).to_string());
+        format!(
+            "{} x {}, {} epochs, lr {lr}",
+            eval["nets"],
+            eval["model"].as_str().unwrap_or("?"),
+            eval["epochs"],
+        )
+    };
+    let row = |name: String, storage: &Value, result: &Value, learned: &Value, iterations| {
         let number = |v: &Value, key: &str| {
             v.get(key)
                 .and_then(Value::as_f64)
@@ -65,7 +71,7 @@ pub fn rows_of_report(run: &str, json: &str) -> Result<Vec<Row>> {
             mean: number(result, "mean")?,
             std: number(result, "std")?,
             nets: result["accuracies"].as_array().map_or(0, Vec::len),
-            protocol: protocol.clone(),
+            protocol: protocol(result, learned),
             iterations,
             differs: Vec::new(),
         })
@@ -75,11 +81,12 @@ pub fn rows_of_report(run: &str, json: &str) -> Result<Vec<Row>> {
         method,
         &v["storage"],
         &v["result"],
+        &v["learned_lr"],
         v["iterations"].as_u64(),
     )?];
     for b in v["baselines"].as_array().into_iter().flatten() {
         let name = text(b, "name").ok_or_else(|| bad("a baseline without a name"))?;
-        rows.push(row(name, &b["storage"], &b["result"], None)?);
+        rows.push(row(name, &b["storage"], &b["result"], &Value::Null, None)?);
     }
     Ok(rows)
 }
@@ -201,6 +208,30 @@ mod tests {
         );
         assert!(t.contains("| b | dm (!) |"), "{t}");
         assert!(t.contains("(!) b dm: storage 3.00"), "{t}");
+    }
+
+    /// A result that trained at a learned rate (MTT's α) shows that rate, and a row at
+    /// another rate is flagged as another protocol.
+    #[test]
+    fn the_rate_a_result_trained_at_is_its_protocol() {
+        let mut v: Value = serde_json::from_str(&report("cifar10", "mtt", 0, 1.0, 300)).unwrap();
+        v["result"]["lr"] = serde_json::json!(0.0666f32);
+        let rows = compare(vec![rows_of_report("a", &v.to_string()).unwrap()]).unwrap();
+        assert!(
+            rows[0].protocol.ends_with("lr 0.0666"),
+            "{}",
+            rows[0].protocol
+        );
+        assert!(
+            rows[1].protocol.ends_with("lr 0.01"),
+            "{}",
+            rows[1].protocol
+        );
+        assert!(
+            rows[1].differs.iter().any(|d| d.contains("lr 0.01")),
+            "{:?}",
+            rows[1]
+        );
     }
 
     #[test]
