@@ -1,0 +1,14 @@
+//! IDX image and label files, raw or gzipped (the reader tells them apart by their bytes).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+
+fuzz_target!(|bytes: &[u8]| {
+    let path = common::scratch("idx").join("input-idx");
+    std::fs::write(&path, bytes).unwrap();
+    let _ = haba::data::idx::read_images(&path);
+    let _ = haba::data::idx::read_labels(&path, 10);
+});
