@@ -22,6 +22,9 @@ EVAL_NETS=${EVAL_NETS:-5}
 EVAL_EPOCHS=${EVAL_EPOCHS:-300}
 OUT=${OUT:-runs/mtt-evidence-$(basename "$DATASET")}
 DEVICE=${DEVICE:-auto}
+# Extra flags for the HaBa-MTT runs only; at CIFAR-10's 1 image per class five colour
+# hallucinators exceed the budget: HABA_ARGS="--single-channel --hallucinators 1 --no-contrastive".
+HABA_ARGS=${HABA_ARGS:-}
 
 common=(--device "$DEVICE" --seed 0)
 mkdir -p "$OUT"
@@ -41,7 +44,7 @@ for ipc in $IPCS; do
       "$HABA" distill "${common[@]}" --resume "$dir"
     elif [ "$method" = haba-mtt ]; then
       "$HABA" distill "${common[@]}" --preset haba-mtt-cifar10-ipc10 "${shared[@]}" \
-        --budget-equal --out "$dir"
+        --budget-equal $HABA_ARGS --out "$dir"
     else
       "$HABA" distill "${common[@]}" --preset mtt-cifar10-ipc10 "${shared[@]}" --out "$dir"
     fi
