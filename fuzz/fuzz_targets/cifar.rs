@@ -26,7 +26,11 @@ fuzz_target!(|bytes: &[u8]| {
         std::fs::write(dir.join(file), good_batch()).unwrap();
     }
     std::fs::write(dir.join(CIFAR10_NAMES), names).unwrap();
-    let victim = if choice & 1 == 0 { CIFAR10_TRAIN[2] } else { CIFAR10_NAMES };
+    let victim = if choice & 1 == 0 {
+        CIFAR10_TRAIN[2]
+    } else {
+        CIFAR10_NAMES
+    };
     std::fs::write(dir.join(victim), input).unwrap();
     let _ = load_cifar10(dir);
 });

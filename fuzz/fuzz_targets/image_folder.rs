@@ -29,9 +29,15 @@ fuzz_target!(|bytes: &[u8]| {
             std::fs::write(dir.join("0.png"), png(100)).unwrap();
         }
     }
-    let name = if bytes.starts_with(&[0xff, 0xd8]) { "1.jpg" } else { "1.png" };
+    let name = if bytes.starts_with(&[0xff, 0xd8]) {
+        "1.jpg"
+    } else {
+        "1.png"
+    };
     std::fs::write(root.join("train").join("dog").join(name), bytes).unwrap();
     let _ = load(root, &FolderOptions::default());
-    let resized = FolderOptions { resize: Some((4, 4)) };
+    let resized = FolderOptions {
+        resize: Some((4, 4)),
+    };
     let _ = load(root, &resized);
 });
