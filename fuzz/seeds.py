@@ -4,8 +4,9 @@ into CORPUS/<target>/, with nothing but Python's standard library.
 
     python3 fuzz/seeds.py fuzz/corpus
 
-The artifact and checkpoint seeds are a real run's files: pass them with --artifact and
---checkpoint (scripts/fuzz.sh makes them with a two-iteration `haba distill`).
+The artifact, checkpoint and config seeds are a real run's files: pass them with
+--artifact, --checkpoint and --config (scripts/fuzz.sh makes them with a two-iteration
+`haba distill`).
 """
 import argparse
 import gzip

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (libFuzzer through cargo fuzz) of every reader of files haba
 # opens: IDX, CIFAR, SVHN's MAT files, image folders, artifacts, checkpoints and TOML
-# configs. Each target runs SECONDS seconds from seeds of every valid layout; what it
+# configs. Each target runs SECONDS_PER_TARGET seconds from seeds of every valid layout; what it
 # finds lands in fuzz/artifacts/<target>/; the table at the end gives each target's runs.
 #
 #   cargo install cargo-fuzz && rustup toolchain install nightly   # once
@@ -20,7 +20,8 @@ export CARGO_TARGET_DIR=${HABA_FUZZ_TARGET_DIR:-$HOME/.cache/haba/target-fuzz}
 seed_run=$(mktemp -d)
 trap 'rm -rf "$seed_run"' EXIT
 CARGO_TARGET_DIR=${HABA_TARGET_DIR:-$HOME/.cache/haba/target} cargo run --release --quiet -- \
-  distill --preset quick --iterations 2 --checkpoint-every 1 --eval-nets 1 --eval-epochs 1 --device cpu --out "$seed_run/run" >/dev/null
+  distill --preset quick --iterations 2 --checkpoint-every 1 --eval-nets 1 --eval-epochs 1 \
+  --device cpu --out "$seed_run/run" >/dev/null
 python3 fuzz/seeds.py "$CORPUS" --artifact "$seed_run/run/distilled.safetensors" \
   --checkpoint "$seed_run/run/checkpoint.safetensors" --config "$seed_run/run/config.toml"
 

@@ -16,21 +16,29 @@ fn good_batch() -> Vec<u8> {
         .collect()
 }
 
+fn good_names() -> Vec<u8> {
+    (0..10)
+        .flat_map(|c| format!("class{c}\n").into_bytes())
+        .collect()
+}
+
 fuzz_target!(|bytes: &[u8]| {
     let Some((&choice, input)) = bytes.split_first() else {
         return;
     };
-    let dir = common::scratch("cifar");
-    let names: String = (0..10).map(|c| format!("class{c}\n")).collect();
-    for file in CIFAR10_TRAIN.iter().chain([&CIFAR10_TEST]) {
-        std::fs::write(dir.join(file), good_batch()).unwrap();
-    }
-    std::fs::write(dir.join(CIFAR10_NAMES), names).unwrap();
-    let victim = if choice & 1 == 0 {
-        CIFAR10_TRAIN[2]
+    let dir = common::scratch("cifar", |dir| {
+        for file in CIFAR10_TRAIN.iter().chain([&CIFAR10_TEST]) {
+            std::fs::write(dir.join(file), good_batch()).unwrap();
+        }
+        std::fs::write(dir.join(CIFAR10_NAMES), good_names()).unwrap();
+    });
+    let (victim, good): (&str, fn() -> Vec<u8>) = if choice & 1 == 0 {
+        (CIFAR10_TRAIN[2], good_batch)
     } else {
-        CIFAR10_NAMES
+        (CIFAR10_NAMES, good_names)
     };
     std::fs::write(dir.join(victim), input).unwrap();
     let _ = load_cifar10(dir);
+    // The next input meets valid files again.
+    std::fs::write(dir.join(victim), good()).unwrap();
 });

@@ -7,8 +7,7 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|bytes: &[u8]| {
-    let path = common::scratch("idx").join("input-idx");
-    std::fs::write(&path, bytes).unwrap();
+    let path = common::input_file("idx", "input-idx", bytes);
     let _ = haba::data::idx::read_images(&path);
     let _ = haba::data::idx::read_labels(&path, 10);
 });

@@ -18,26 +18,28 @@ fn png(v: u8) -> Vec<u8> {
 }
 
 fuzz_target!(|bytes: &[u8]| {
-    let root = common::scratch("image_folder");
-    for split in ["train", "test"] {
-        for class in ["cat", "dog"] {
-            let dir = root.join(split).join(class);
-            std::fs::create_dir_all(&dir).unwrap();
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                std::fs::remove_file(entry.unwrap().path()).unwrap();
+    let root = common::scratch("image_folder", |root| {
+        let good = png(100);
+        for split in ["train", "test"] {
+            for class in ["cat", "dog"] {
+                let dir = root.join(split).join(class);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("0.png"), &good).unwrap();
             }
-            std::fs::write(dir.join("0.png"), png(100)).unwrap();
         }
-    }
+    });
     let name = if bytes.starts_with(&[0xff, 0xd8]) {
         "1.jpg"
     } else {
         "1.png"
     };
-    std::fs::write(root.join("train").join("dog").join(name), bytes).unwrap();
+    let victim = root.join("train").join("dog").join(name);
+    std::fs::write(&victim, bytes).unwrap();
     let _ = load(root, &FolderOptions::default());
     let resized = FolderOptions {
         resize: Some((4, 4)),
     };
     let _ = load(root, &resized);
+    // The next input meets the valid tree alone.
+    std::fs::remove_file(&victim).unwrap();
 });

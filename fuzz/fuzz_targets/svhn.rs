@@ -7,7 +7,6 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|bytes: &[u8]| {
-    let path = common::scratch("svhn").join("train_32x32.mat");
-    std::fs::write(&path, bytes).unwrap();
+    let path = common::input_file("svhn", "train_32x32.mat", bytes);
     let _ = haba::data::svhn::read_split(&path);
 });
