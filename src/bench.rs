@@ -17,7 +17,7 @@ use crate::augment::{Dsa, DsaParams, Family, Strategy};
 use crate::data::{Dataset, ImageShape, LabelledImages, NormKind, Prepared, Split};
 use crate::distill::buffer::Trajectory;
 use crate::distill::mtt::Mtt;
-use crate::distill::{DistillConfig, Distiller, Method, MttSettings, Unroll};
+use crate::distill::{DistillConfig, Distiller, DmConfig, MttConfig, ObjectiveConfig, Unroll};
 use crate::error::{Error, Result};
 use crate::nets::{Arch, BnMode, Network};
 use crate::rng::Rng;
@@ -424,11 +424,11 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
                         haba: unit == Unit::HabaDm,
                         ipc: s.ipc,
                         hallucinators: s.hallucinators,
-                        dm: crate::distill::DmSettings {
+                        objective: ObjectiveConfig::Dm(DmConfig {
                             batch_real: s.batch_real,
                             embedder: s.model,
                             ..Default::default()
-                        },
+                        }),
                         dsa: family.name().into(),
                         seed,
                         ..DistillConfig::default()
@@ -448,7 +448,7 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
                 .map_err(|e| Error::Device(format!("reading parameters back: {e}")))?;
             let target = start.iter().map(|v| v + 0.01 * rng.normal()).collect();
             let expert = Trajectory::new(s.model, &data, 0, vec![start, target])?;
-            let mtt = MttSettings {
+            let mtt = MttConfig {
                 syn_steps: s.syn_steps,
                 expert_epochs: 1,
                 max_start_epoch: 1,
@@ -457,25 +457,19 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
                 momentum_lr: if haba { 0.9 } else { 0.5 },
                 batch_syn: 0,
                 unroll: s.unroll,
-                ..MttSettings::default()
+                ..MttConfig::default()
             };
-            let (lr, momentum) = if haba { (100.0, 0.95) } else { (1000.0, 0.5) };
             let distillers = Family::ALL
                 .iter()
                 .map(|family| {
                     let cfg = DistillConfig {
-                        method: Method::Mtt,
                         haba,
                         ipc: s.ipc,
                         hallucinators: s.hallucinators,
-                        lr_bases: lr,
-                        momentum_bases: momentum,
-                        lr_hallucinators: lr,
-                        momentum_hallucinators: momentum,
-                        mtt: MttSettings {
+                        objective: ObjectiveConfig::Mtt(MttConfig {
                             buffer: "(in memory)".into(),
                             ..mtt.clone()
-                        },
+                        }),
                         dsa: family.name().into(),
                         seed,
                         ..DistillConfig::default()

@@ -217,7 +217,7 @@ fn flex(reason: String) -> Selected {
 /// (our code draws its random numbers from [`crate::rng::Rng`]; this covers Burn's).
 pub fn select(choice: DeviceChoice, seed: u64) -> Result<Selected> {
     let selected = match choice {
-        DeviceChoice::Cpu => flex("asked for with --device cpu".into()),
+        DeviceChoice::Cpu => flex("asked for with `device = cpu`".into()),
         DeviceChoice::Gpu => match wgpu_adapter() {
             #[cfg(target_arch = "wasm32")]
             Err(e) if e.is_empty() => {
@@ -230,16 +230,17 @@ pub fn select(choice: DeviceChoice, seed: u64) -> Result<Selected> {
                 backend: BackendKind::Wgpu,
                 name: a.name.clone(),
                 reason: if a.software {
-                    "asked for with --device gpu (a software adapter: expect it to be slow)".into()
+                    "asked for with `device = gpu` (a software adapter: expect it to be slow)"
+                        .into()
                 } else {
-                    "asked for with --device gpu".into()
+                    "asked for with `device = gpu`".into()
                 },
             },
             Err(e) => {
                 return Err(Error::Device(format!(
                     "no GPU adapter could be opened ({e}). Install a Vulkan, Metal or DX12 \
                      driver (on Linux without a GPU, Mesa's lavapipe: package \
-                     mesa-vulkan-drivers), or run with --device cpu"
+                     mesa-vulkan-drivers), or use `device = cpu`"
                 )));
             }
         },
@@ -273,7 +274,7 @@ fn cuda() -> Result<Selected> {
     if probe.is_err() {
         return Err(Error::Device(
             "CUDA device 0 could not be used: is an NVIDIA driver installed? \
-             Use --device gpu or --device cpu otherwise"
+             Use `device = gpu` or `device = cpu` otherwise"
                 .into(),
         ));
     }
@@ -281,7 +282,7 @@ fn cuda() -> Result<Selected> {
         device: Device::cuda(0),
         backend: BackendKind::Cuda,
         name: "cuda: device 0".into(),
-        reason: "asked for with --device cuda".into(),
+        reason: "asked for with `device = cuda`".into(),
     })
 }
 
@@ -289,7 +290,7 @@ fn cuda() -> Result<Selected> {
 fn cuda() -> Result<Selected> {
     Err(Error::Device(
         "this build has no CUDA support: rebuild with `cargo build --release --features cuda`, \
-         or use --device gpu"
+         or use `device = gpu`"
             .into(),
     ))
 }

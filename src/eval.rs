@@ -89,7 +89,7 @@ pub fn dsa_from_name(name: &str) -> Result<Dsa> {
     }
     let strategy: Strategy = name
         .parse()
-        .map_err(|e| Error::Config(format!("--dsa {name}: {e}")))?;
+        .map_err(|e| Error::Config(format!("`dsa = {name:?}`: {e}")))?;
     Ok(Dsa::new(strategy, DsaParams::default()))
 }
 

@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", cli::flags::phrase(&format!("{err:#}")));
             std::process::ExitCode::FAILURE
         }
     }

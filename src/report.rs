@@ -1,6 +1,7 @@
 //! What a run leaves for people and other tools besides the artifact: PNG grids of the
-//! bases and of the images they make, a `metrics.jsonl` log, a JSON report, and the
-//! hallucinated set as a plain folder of PNG files per class.
+//! bases and of the images they make, a `metrics.jsonl` log, a typed JSON report
+//! ([`Report`]) in a run directory whose file names live in one place ([`RunDir`]), and
+//! the hallucinated set as a plain folder of PNG files per class.
 //!
 //! Images are stored normalised (mean/std or ZCA, see [`Normalization`]). A picture shows
 //! them in one of two [`Display`]s: de-normalised to true colour and clamped to [0, 1]
@@ -19,12 +20,6 @@ use serde::Serialize;
 use crate::artifact::{Artifact, write_atomic};
 use crate::data::Normalization;
 use crate::error::{Error, Result};
-
-/// File names inside a run directory.
-pub const BASES_PNG: &str = "bases.png";
-pub const HALLUCINATED_PNG: &str = "hallucinated.png";
-pub const METRICS_FILE: &str = "metrics.jsonl";
-pub const CURVES_PNG: &str = "curves.png";
 
 /// How a picture maps an image's stored values to colours.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,7 +62,7 @@ impl Display {
     }
 
     /// `name.png` with this display's suffix before the extension.
-    fn file_name(self, name: &str) -> String {
+    pub(crate) fn file_name(self, name: &str) -> String {
         let stem = name.strip_suffix(".png").unwrap_or(name);
         format!("{stem}{}.png", self.file_suffix())
     }
@@ -616,6 +611,14 @@ pub mod curves;
 pub mod layout;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod plot;
+mod run_dir;
+mod schema;
+
+pub use run_dir::{
+    BASES_PNG, CHECKPOINT, COMPARE_JSON, COMPARE_PNG, CONFIG_TOML, CURVES_PNG, HALLUCINATED_PNG,
+    METRICS_FILE, REPORT_JSON, RunDir,
+};
+pub use schema::{Distillation, EvaluatedSet, REPORT_VERSION, Report};
 
 #[cfg(test)]
 mod tests;

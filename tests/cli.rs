@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 mod common;
 use common::text;
+use haba::report::{Report, RunDir};
 
 fn haba(args: &[&str], data_dir: &PathBuf) -> Output {
     Command::new(env!("CARGO_BIN_EXE_haba"))
@@ -86,16 +87,18 @@ fn eval_writes_a_json_report_with_every_setting() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("device: cpu"), "the device line is printed: {t}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(report["seed"], 5);
-    assert_eq!(report["train_images"], 10);
-    assert_eq!(report["config"]["model"], "ConvNetW32");
-    assert_eq!(report["config"]["train"]["epochs"], 3);
-    let accs = report["result"]["accuracies"].as_array().unwrap();
+    let report = Report::from_json(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        (report.seed, report.dataset.as_str()),
+        (5, "fashion-mnist-subset")
+    );
+    let set = &report.sets[0];
+    assert_eq!(set.storage.total_floats, 10 * 784, "ten real images");
+    assert_eq!(set.evaluation.model.to_string(), "ConvNetW32");
+    assert_eq!(set.evaluation.train.epochs, 3);
+    let accs = &set.result.accuracies;
     assert_eq!(accs.len(), 2);
-    let mean = accs.iter().map(|a| a.as_f64().unwrap()).sum::<f64>() / 2.0;
-    assert!((report["result"]["mean"].as_f64().unwrap() - mean).abs() < 1e-6);
+    assert!((set.result.mean - (accs[0] + accs[1]) / 2.0).abs() < 1e-6);
 }
 
 #[test]
@@ -156,13 +159,17 @@ fn bad_input_gets_a_clear_error() {
         ),
         (
             distill(&["--ipc", "100000000000"]),
-            &["lower ipc", "more than this machine's"],
+            &[
+                "`--ipc 100000000000`",
+                "more than this machine's",
+                "lower it",
+            ],
         ),
         (
             distill(&["--hallucinators", "100000000000"]),
             &["at most 1024"],
         ),
-        (distill(&["--lambda-cos", "inf"]), &["λ_cos", "inf"]),
+        (distill(&["--lambda-cos", "inf"]), &["`--lambda-cos inf`"]),
     ];
     for (args, needles) in &absurd {
         let out = haba(args, &dir);
@@ -172,6 +179,42 @@ fn bad_input_gets_a_clear_error() {
             !t.contains("panicked") && !t.contains("memory allocation"),
             "{args:?}:\n{t}"
         );
+        for n in *needles {
+            assert!(t.contains(n), "{args:?}: `{n}` missing from:\n{t}");
+        }
+    }
+    // Gradient matching's settings: named by their flags.
+    let settings: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            distill(&["--method", "dc", "--dis-metric", "l1"]),
+            &["l1", "ours", "mse", "cos"],
+        ),
+        (
+            distill(&["--method", "dsa", "--ipc", "7"]),
+            &["`--ipc 7`", "`--outer-loop`", "`--inner-loop`"],
+        ),
+        (
+            distill(&["--method", "dc", "--ipc", "1", "--model", "ConvNetBN"]),
+            &["ConvNetBN", "BatchNorm"],
+        ),
+        (
+            distill(&["--method", "dm", "--syn-steps", "3"]),
+            &["--syn-steps is not a setting of dm"],
+        ),
+        (
+            distill(&["--method", "kip"]),
+            &["kip", "dm", "mtt", "dc", "dsa"],
+        ),
+        (
+            distill(&["--hallucinators", "0"]),
+            &["`--hallucinators 0`", "`--no-haba`"],
+        ),
+    ];
+    for (args, needles) in &settings {
+        let out = haba(args, &dir);
+        let t = text(&out);
+        assert!(!out.status.success(), "{args:?} should fail:\n{t}");
+        assert!(!t.contains("panicked"), "{args:?} panicked:\n{t}");
         for n in *needles {
             assert!(t.contains(n), "{args:?}: `{n}` missing from:\n{t}");
         }
@@ -292,14 +335,13 @@ fn distill_writes_a_run_directory_that_eval_export_and_resume_read() {
     ] {
         assert!(run.join(f).is_file(), "{f} missing");
     }
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
-    assert_eq!(report["method"], "haba-dm");
-    assert_eq!(report["settings"]["seed"], 2);
+    let report = RunDir::at(&run).read_report().unwrap();
+    let made = report.distillation.as_ref().unwrap();
+    assert_eq!((made.method.as_str(), made.settings.seed), ("haba-dm", 2));
     // Budget-equal at 2 images per class of 784 floats: 15,680; five hallucinators take
     // 6,860, which leaves one basis per class.
-    assert_eq!(report["bases_per_class"], 1);
-    assert_eq!(report["storage"]["total_floats"], 7840 + 6860);
+    assert_eq!(made.bases_per_class, 1);
+    assert_eq!(report.sets[0].storage.total_floats, 7840 + 6860);
     let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().filter(|l| l.contains("objective")).count(), 4);
     assert!(lines.lines().last().unwrap().contains("\"eval\""));
@@ -474,11 +516,16 @@ fn buffer_then_mtt_distill_then_eval_with_the_learned_rate() {
     let out = haba(&[&distill[..], &common[..]].concat(), &dir);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
-    assert_eq!(report["method"], "haba-mtt");
-    let lr = report["learned_lr"].as_f64().unwrap();
+    let report = RunDir::at(&run).read_report().unwrap();
+    let made = report.distillation.unwrap();
+    assert_eq!(made.method, "haba-mtt");
+    let lr = made.learned_lr.unwrap();
     assert!(lr >= 0.001 && lr != 0.01, "{lr}");
+    assert_eq!(
+        report.sets[0].result.lr,
+        Some(lr),
+        "evaluated at the learned rate"
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert!(
         metrics.contains("\"lr\":") && metrics.contains("\"memory_bytes\":"),

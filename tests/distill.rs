@@ -5,7 +5,9 @@ use burn::tensor::{Device, Tensor};
 use haba::augment::Dsa;
 use haba::data::{NormKind, Prepared, embedded};
 use haba::distill::dm::dm_loss;
-use haba::distill::{DistillConfig, Distiller};
+use haba::distill::{
+    DcConfig, DistillConfig, Distiller, DmConfig, MttConfig, ObjectiveConfig, Views,
+};
 use haba::nets::Network;
 use haba::rng::Rng;
 
@@ -17,7 +19,10 @@ fn setup() -> (Prepared, haba::data::Dataset) {
 
 /// DM loss of the current synthetic set, averaged over embedders the run never sees.
 fn held_out_loss(d: &Distiller, data: &Prepared) -> f32 {
-    let net = Network::new(&d.cfg.dm.embedder, data.shape, 10).unwrap();
+    let ObjectiveConfig::Dm(dm) = &d.cfg.objective else {
+        panic!("a DM run")
+    };
+    let net = Network::new(&dm.embedder, data.shape, 10).unwrap();
     let n = d.factorization.len();
     let per = n / 10;
     let (syn, _) = d.factorization.all_images().unwrap();
@@ -43,11 +48,11 @@ fn config(haba: bool) -> DistillConfig {
         budget_equal: false,
         iterations: 30,
         seed: 3,
-        dm: haba::distill::DmSettings {
+        objective: ObjectiveConfig::Dm(DmConfig {
             batch_real: 32,
             embedder: "ConvNetW32".parse().unwrap(),
-            views: haba::distill::Views::All,
-        },
+            views: Views::All,
+        }),
         ..DistillConfig::preset("quick").unwrap()
     }
 }
@@ -82,7 +87,9 @@ fn haba_dm_lowers_the_objective_and_repeats_with_its_seed() {
 fn one_view_per_step_also_lowers_the_objective() {
     let (prepared, _) = setup();
     let mut cfg = config(true);
-    cfg.dm.views = haba::distill::Views::Sample;
+    if let ObjectiveConfig::Dm(dm) = &mut cfg.objective {
+        dm.views = Views::Sample;
+    }
     let mut d = Distiller::new(cfg, &prepared).unwrap();
     let before = held_out_loss(&d, &prepared);
     for _ in 0..30 {
@@ -108,7 +115,8 @@ fn plain_dm_learns_images_without_hallucinators() {
 
 /// Two steps, a checkpoint, a resume, and two more steps must equal four straight steps.
 fn check_resume(cfg: DistillConfig, tag: &str) {
-    use haba::distill::run::{RunDir, checkpoint, resume};
+    use haba::distill::run::{checkpoint, resume};
+    use haba::report::RunDir;
     let (prepared, data) = setup();
     let dir = std::env::temp_dir().join(format!("haba-resume-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -127,7 +135,7 @@ fn check_resume(cfg: DistillConfig, tag: &str) {
         let b = resumed.step(&prepared).unwrap();
         assert_eq!(a.objective, b.objective, "{tag}");
         assert_eq!(a.adversary, b.adversary, "{tag}");
-        assert_eq!(a.lr, b.lr, "{tag}");
+        assert_eq!(a.scalars, b.scalars, "{tag}");
     }
     let values = |d: &Distiller| {
         let host = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
@@ -184,19 +192,24 @@ fn small_buffer(prepared: &Prepared) -> std::path::PathBuf {
 }
 
 fn mtt_config(haba: bool, buffer: &std::path::Path) -> DistillConfig {
-    let mut cfg = DistillConfig {
-        method: haba::distill::Method::Mtt,
-        lr_bases: 100.0,
-        lr_hallucinators: 100.0,
-        momentum_bases: 0.95,
-        momentum_hallucinators: 0.95,
+    DistillConfig {
+        objective: ObjectiveConfig::Mtt(MttConfig {
+            buffer: buffer.to_string_lossy().into_owned(),
+            syn_steps: 3,
+            expert_epochs: 1,
+            max_start_epoch: 2,
+            ..MttConfig::default()
+        }),
         ..config(haba)
-    };
-    cfg.mtt.buffer = buffer.to_string_lossy().into_owned();
-    cfg.mtt.syn_steps = 3;
-    cfg.mtt.expert_epochs = 1;
-    cfg.mtt.max_start_epoch = 2;
-    cfg
+    }
+}
+
+/// The MTT settings of `cfg`, to change.
+fn mtt(cfg: &mut DistillConfig) -> &mut MttConfig {
+    match &mut cfg.objective {
+        ObjectiveConfig::Mtt(m) => m,
+        other => panic!("not MTT: {other}"),
+    }
 }
 
 #[test]
@@ -208,19 +221,17 @@ fn mtt_runs_resume_exactly_and_learn_their_learning_rate() {
         check_resume(mtt_config(haba, &buffer), tag);
     }
     let mut recompute = mtt_config(true, &buffer);
-    recompute.mtt.unroll = haba::distill::Unroll::Recompute;
+    mtt(&mut recompute).unroll = haba::distill::Unroll::Recompute;
     check_resume(recompute, "haba-mtt-recompute");
 
     let mut d = Distiller::new(mtt_config(true, &buffer), &prepared).unwrap();
     let first = d.step(&prepared).unwrap();
-    assert!(
-        first.lr.is_some_and(|lr| lr != 0.01 && lr >= 0.001),
-        "{first:?}"
-    );
-    assert_eq!(d.learned_lr(), first.lr);
+    let lr = first.scalars.get("lr").copied();
+    assert!(lr.is_some_and(|lr| lr != 0.01 && lr >= 0.001), "{first:?}");
+    assert_eq!(d.learned_lr(), lr);
     // The student must be the buffer's network.
     let mut other = mtt_config(true, &buffer);
-    other.mtt.student = Some("ConvNetD2W16".parse().unwrap());
+    mtt(&mut other).student = Some("ConvNetD2W16".parse().unwrap());
     let err = Distiller::new(other, &prepared).err().unwrap().to_string();
     assert!(
         err.contains("model: buffer ConvNetD2W8, run ConvNetD2W16"),
@@ -259,7 +270,8 @@ fn all_views_train_every_hallucinator_in_each_step() {
 /// and the checkpoint and artifact on disk are still the good ones, readable and resumable.
 #[test]
 fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
-    use haba::distill::run::{RunDir, distill, resume};
+    use haba::distill::run::{distill, resume};
+    use haba::report::RunDir;
     let (prepared, data) = setup();
     let dir = std::env::temp_dir().join(format!("haba-diverge-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -295,4 +307,82 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
     assert_eq!(std::fs::read(run.artifact()).unwrap(), artifact);
     assert_eq!(resume(&run, &prepared).unwrap().iteration, 2);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Gradient matching at 1 image (or basis) per class: 3 rounds per fresh network with 2
+/// epochs of training between them, a small network, few real images.
+fn dc_config(siamese: bool, haba: bool) -> DistillConfig {
+    let dc = DcConfig {
+        batch_real: 32,
+        network: "ConvNetD2W8".parse().unwrap(),
+        outer_loop: Some(3),
+        inner_loop: Some(2),
+        ..DcConfig::default()
+    };
+    DistillConfig {
+        lr_bases: Some(1.0),
+        lr_hallucinators: Some(1e-3),
+        objective: if siamese {
+            ObjectiveConfig::Dsa(dc)
+        } else {
+            ObjectiveConfig::Dc(dc)
+        },
+        ..config(haba)
+    }
+}
+
+/// The matching distance of the current set on fresh networks the run never sees, each
+/// class's real gradient from the same 64 images, hallucinator 0's view (or the images).
+fn held_out_matching(d: &Distiller, data: &Prepared) -> f32 {
+    use haba::distill::dc::{Metric, match_loss};
+    use haba::nets::student::loss_and_grad;
+    let net = Network::new(&"ConvNetD2W8".parse().unwrap(), data.shape, 10).unwrap();
+    let n = d.factorization.len();
+    let per = n / 10;
+    let (syn, _) = d.factorization.all_images().unwrap();
+    let syn = syn.narrow(0, 0, n);
+    let mut total = 0.0;
+    for seed in 0..3u64 {
+        let params = net.init(&mut Rng::new(2000 + seed), &data.train.images.device());
+        let (mut real, mut fake) = (Vec::new(), Vec::new());
+        for c in 0..10 {
+            let r = data.train.images.clone().narrow(0, c * 500, 64);
+            real.push(loss_and_grad(&net, &params, r, &[c as u16; 64]).unwrap().1);
+            let s = syn.clone().narrow(0, c * per, per);
+            fake.push(
+                loss_and_grad(&net, &params, s, &vec![c as u16; per])
+                    .unwrap()
+                    .1,
+            );
+        }
+        let (real, fake) = (Tensor::stack(real, 0), Tensor::stack(fake, 0));
+        total += match_loss(Metric::Ours, net.params(), fake, real).into_scalar::<f32>();
+    }
+    total / 3.0
+}
+
+#[test]
+fn dc_and_dsa_lower_the_held_out_matching_loss_and_resume_exactly() {
+    let (prepared, _) = setup();
+    // From noise, as the reference's DC starts.
+    for (siamese, haba) in [(false, false), (true, true)] {
+        let tag = format!("{}-{}", if haba { "haba" } else { "plain" }, siamese);
+        let cfg = DistillConfig {
+            init: haba::haba::BaseInit::Noise,
+            ..dc_config(siamese, haba)
+        };
+        let mut d = Distiller::new(cfg, &prepared).unwrap();
+        let before = held_out_matching(&d, &prepared);
+        for _ in 0..30 {
+            let losses = d.step(&prepared).unwrap();
+            assert!(losses.scalars.contains_key("network_loss"), "{losses:?}");
+        }
+        let after = held_out_matching(&d, &prepared);
+        assert!(
+            after < 0.9 * before,
+            "{tag}: held-out matching loss {before} -> {after}"
+        );
+        // Resumed after 2 of 3 rounds: the checkpoint carries the network.
+        check_resume(dc_config(siamese, haba), &format!("dc-{tag}"));
+    }
 }

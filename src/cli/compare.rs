@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use haba::report::compare::{compare, rows_of_report, table};
 use haba::report::plot::compare_png;
+use haba::report::{COMPARE_JSON, COMPARE_PNG, RunDir};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,27 +20,28 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for dir in &args.runs {
-        let path = dir.join("report.json");
-        let json = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "reading {} (is {} a finished run directory?)",
-                path.display(),
-                dir.display()
-            )
-        })?;
-        let name = dir
-            .file_name()
-            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
-        runs.push(rows_of_report(&name, &json)?);
+        let run = RunDir::at(dir);
+        let report = run
+            .read_report()
+            .with_context(|| format!("is {} a finished run directory?", dir.display()))?;
+        runs.push(rows_of_report(&run.name(), &report));
     }
     let rows = compare(runs)?;
     print!("{}", table(&rows));
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating --out {}", args.out.display()))?;
-    let (png, json) = (args.out.join("compare.png"), args.out.join("compare.json"));
-    std::fs::write(&png, compare_png(&rows)?)
-        .with_context(|| format!("writing {}", png.display()))?;
-    haba::report::write_report_json(&json, &rows)?;
+    let (png, json) = write(&rows, &args.out)?;
     println!("wrote {} and {}", png.display(), json.display());
     Ok(())
+}
+
+/// `compare.png` and `compare.json` of `rows` in `out` (created if needed).
+pub fn write(
+    rows: &[haba::report::compare::Row],
+    out: &std::path::Path,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating --out {}", out.display()))?;
+    let (png, json) = (out.join(COMPARE_PNG), out.join(COMPARE_JSON));
+    std::fs::write(&png, compare_png(rows)?)
+        .with_context(|| format!("writing {}", png.display()))?;
+    haba::report::write_report_json(&json, &rows)?;
+    Ok((png, json))
 }

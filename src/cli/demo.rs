@@ -5,11 +5,11 @@
 
 use haba::data::{Prepared, subset};
 use haba::distill::buffer::{BufferKey, ExpertSettings};
-use haba::distill::run::RunDir;
-use haba::distill::{DistillConfig, Distiller};
-use haba::eval::EvalResult;
+use haba::distill::run::{evaluated_set, report_of};
+use haba::distill::{DistillConfig, Distiller, ObjectiveConfig};
 use haba::haba::Storage;
 use haba::nets::Arch;
+use haba::report::{EvaluatedSet, RunDir};
 use haba::rng::Rng;
 
 use super::Common;
@@ -40,11 +40,8 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
 
     let mut haba_dm = Distiller::new(cfg.clone(), &prepared)?;
     let haba_result = super::distill::run_with_bar(&mut haba_dm, &prepared, &dataset, &run)?;
-    let mut rows = vec![(
-        "HaBa-DM".to_string(),
-        haba_dm.storage(),
-        haba_result.clone(),
-    )];
+    let mut report = report_of(&haba_dm, &dataset, &selected.name, haba_result);
+    report.sets[0].name = "HaBa-DM".into();
 
     // Plain DM with as many images per class as HaBa's budget allows.
     let dm_cfg = DistillConfig {
@@ -55,7 +52,7 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
     let dm_run = RunDir::new(run.path.join("baseline-dm"))?;
     let mut dm = Distiller::new(dm_cfg, &prepared)?;
     let dm_result = super::distill::run_with_bar(&mut dm, &prepared, &dataset, &dm_run)?;
-    rows.push(("DM".to_string(), dm.storage(), dm_result));
+    report.sets.push(evaluated_set(&dm, "DM", dm_result));
 
     // Trajectory matching over a small buffer, trained once and kept beside the runs.
     let mut mtt_cfg = DistillConfig::preset("quick-mtt")?;
@@ -83,7 +80,9 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
         dir.display()
     );
     super::buffer::train_missing(&dir, &key, &experts, 0..2, &prepared.train_subset(&idx))?;
-    mtt_cfg.mtt.buffer = dir.to_string_lossy().into_owned();
+    if let ObjectiveConfig::Mtt(m) = &mut mtt_cfg.objective {
+        m.buffer = dir.to_string_lossy().into_owned();
+    }
     for haba in [true, false] {
         let c = DistillConfig {
             haba,
@@ -94,7 +93,7 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
         let mut d = Distiller::new(c, &prepared)?;
         let result = super::distill::run_with_bar(&mut d, &prepared, &dataset, &sub)?;
         let name = if haba { "HaBa-MTT" } else { "MTT" };
-        rows.push((name.to_string(), d.storage(), result));
+        report.sets.push(evaluated_set(&d, name, result));
     }
 
     // A fresh draw from the seed, as before the MTT rows existed: the same real images.
@@ -108,11 +107,16 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
     eprintln!("random real images, {} per class:", cfg.ipc);
     let real_result =
         super::eval::evaluate_with_bar(&real, &prepared, &cfg.eval_config(None), cfg.seed)?;
-    let real_storage = Storage::new(idx.len() * dataset.shape.numel(), 0, dataset.shape, classes);
-    rows.push(("random real".to_string(), real_storage, real_result));
+    report.sets.push(EvaluatedSet {
+        name: "random real".into(),
+        storage: Storage::new(idx.len() * dataset.shape.numel(), 0, dataset.shape, classes),
+        iterations: None,
+        evaluation: cfg.eval_config(None),
+        result: real_result,
+    });
 
-    super::distill::write_report(&run, &haba_dm, &dataset, &haba_result, &rows[1..])?;
-    print_table(&dataset.name, &cfg, &rows);
+    run.write_report(&report)?;
+    print_table(&dataset.name, &cfg, &report.sets);
     println!(
         "\nrun directory: {} (bases.png, hallucinated.png, curves.png, report.json)",
         run.path.display()
@@ -120,7 +124,7 @@ pub fn run(common: &Common) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(dataset: &str, cfg: &DistillConfig, rows: &[(String, Storage, EvalResult)]) {
+fn print_table(dataset: &str, cfg: &DistillConfig, sets: &[EvaluatedSet]) {
     println!(
         "\n{dataset}, storage of {} images per class, test accuracy of {} x {} ({} epochs):",
         cfg.ipc, cfg.eval.nets, cfg.eval.model, cfg.eval.epochs
@@ -129,13 +133,13 @@ fn print_table(dataset: &str, cfg: &DistillConfig, rows: &[(String, Storage, Eva
         "{:<14} {:>14} {:>16} {:>16}",
         "method", "floats", "images/class", "accuracy %"
     );
-    for (name, storage, result) in rows {
+    for set in sets {
         println!(
             "{:<14} {:>14} {:>16.2} {:>16}",
-            name,
-            storage.total_floats,
-            storage.image_equivalents_per_class,
-            result.percent()
+            set.name,
+            set.storage.total_floats,
+            set.storage.image_equivalents_per_class,
+            set.result.percent()
         );
     }
 }

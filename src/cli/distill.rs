@@ -4,10 +4,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use haba::data::{Dataset, NormKind, Prepared};
-use haba::distill::run::{Event, RunDir, distill, resume};
-use haba::distill::{DistillConfig, Distiller, PRESETS, Unroll, Views};
+use haba::distill::run::{Event, distill, report_of, resume};
+use haba::distill::{
+    DcConfig, DistillConfig, Distiller, DmConfig, Metric, MttConfig, ObjectiveConfig, Unroll,
+    Views, presets,
+};
 use haba::eval::EvalResult;
 use haba::nets::Arch;
+use haba::report::RunDir;
 
 use super::Common;
 
@@ -28,13 +32,17 @@ pub struct Args {
     /// Where the run directory goes (default: runs/<method>-<dataset>-ipc<N>[-k]).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Base objective: dm (distribution matching) or mtt (trajectory matching; needs
-    /// --buffer).
+    /// Base objective: dm (distribution matching), mtt (trajectory matching; needs
+    /// --buffer), dc (gradient matching) or dsa (gradient matching with Siamese
+    /// augmentation).
     #[arg(long)]
     pub method: Option<String>,
     /// Learn plain images (the base method without HaBa).
     #[arg(long)]
     pub no_haba: bool,
+    /// Factorize into bases and hallucinators (the default; for presets without HaBa).
+    #[arg(long, conflicts_with = "no_haba")]
+    pub haba: bool,
     /// Dataset name (see `haba datasets`), a class-per-folder image tree, or `embedded`
     /// (default: embedded).
     #[arg(long)]
@@ -58,22 +66,26 @@ pub struct Args {
     /// as random filters).
     #[arg(long)]
     pub near_identity: bool,
-    /// DM: hallucinated views per basis in each step: `sample` (one at random) or `all` (all).
+    /// DM, DC, DSA: hallucinated views per basis in each step: `sample` (one at random) or
+    /// `all` (all).
     #[arg(long)]
     pub views: Option<Views>,
     /// Preprocessing fitted on the train split: meanstd (the default), zca (eps 0.1) or zca:EPS.
     #[arg(long)]
     pub preprocess: Option<NormKind>,
-    /// Distillation iterations (20,000; MTT presets 15,000).
+    /// Distillation steps, one update of the set each (20,000; MTT presets 15,000; DC/DSA
+    /// presets 1,000 reference iterations of outer-loop steps each).
     #[arg(long)]
     pub iterations: Option<usize>,
-    /// SGD learning rate of the bases, or of the images without HaBa (DM 1; MTT 1000, HaBa-MTT 100).
+    /// SGD learning rate of the bases, or of the images without HaBa (default: the method's;
+    /// DM 1, MTT 1000, HaBa-MTT 100, DC and DSA 0.1).
     #[arg(long)]
     pub lr_bases: Option<f32>,
-    /// SGD learning rate of the hallucinators (DM 1e-3; HaBa-MTT 100).
+    /// SGD learning rate of the hallucinators (default: the method's; DM 1e-3, HaBa-MTT 100,
+    /// DC and DSA 1e-4).
     #[arg(long)]
     pub lr_hallucinators: Option<f32>,
-    /// DM: real images per class per iteration (256).
+    /// DM, DC, DSA: real images per class per step (256).
     #[arg(long)]
     pub batch_real: Option<usize>,
     /// DM: the random network whose embeddings it matches (ConvNet).
@@ -115,7 +127,8 @@ pub struct Args {
     /// MTT: the directory of expert trajectories made by `haba buffer`.
     #[arg(long)]
     pub buffer: Option<PathBuf>,
-    /// MTT: the student network (default: the buffer's model).
+    /// MTT: the student network (default: the buffer's model); DC, DSA: the network whose
+    /// gradients are matched (ConvNet).
     #[arg(long)]
     pub model: Option<Arch>,
     /// MTT: student SGD steps on synthetic batches per iteration, N (30).
@@ -140,6 +153,24 @@ pub struct Args {
     /// `recompute` (the same gradient, memory of one step); graph by default.
     #[arg(long)]
     pub unroll: Option<Unroll>,
+    /// DC, DSA: how gradients are compared: `ours` (per output unit, 1 - cosine, summed),
+    /// `mse` or `cos` (ours).
+    #[arg(long)]
+    pub dis_metric: Option<Metric>,
+    /// DC, DSA: matching steps per fresh network (default: the reference's for --ipc:
+    /// 1, 10, 20, 30, 40, 50 at 1, 10, 20, 30, 40, 50 images per class).
+    #[arg(long)]
+    pub outer_loop: Option<usize>,
+    /// DC, DSA: training epochs of the network on the synthetic set between matching steps
+    /// (default: the reference's for --ipc: 1, 50, 25, 20, 15, 10).
+    #[arg(long)]
+    pub inner_loop: Option<usize>,
+    /// DC, DSA: the network's SGD learning rate in those epochs (0.01).
+    #[arg(long)]
+    pub lr_net: Option<f32>,
+    /// DC, DSA: batch size of those epochs, in images (256).
+    #[arg(long)]
+    pub batch_train: Option<usize>,
 }
 
 /// Preset, then config file, then flags.
@@ -160,25 +191,27 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
             .with_context(|| format!("in {}", path.display()))?;
     }
     if let Some(m) = &args.method {
-        cfg.method = m.parse()?;
+        cfg.objective = switch(&cfg.objective, m)?;
     }
     if args.no_haba {
         cfg.haba = false;
     }
+    cfg.haba |= args.haba;
     set(&mut cfg.dataset, args.dataset.clone());
     set(&mut cfg.ipc, args.ipc);
     cfg.budget_equal |= args.budget_equal;
     cfg.single_channel |= args.single_channel;
     cfg.near_identity |= args.near_identity;
-    set(&mut cfg.dm.views, args.views);
     set(&mut cfg.hallucinators, args.hallucinators);
     set(&mut cfg.kernel, args.kernel);
     set(&mut cfg.preprocess, args.preprocess);
     set(&mut cfg.iterations, args.iterations);
-    set(&mut cfg.lr_bases, args.lr_bases);
-    set(&mut cfg.lr_hallucinators, args.lr_hallucinators);
-    set(&mut cfg.dm.batch_real, args.batch_real);
-    set(&mut cfg.dm.embedder, args.embedder);
+    if args.lr_bases.is_some() {
+        cfg.lr_bases = args.lr_bases;
+    }
+    if args.lr_hallucinators.is_some() {
+        cfg.lr_hallucinators = args.lr_hallucinators;
+    }
     set(&mut cfg.dsa, args.dsa.clone());
     set(&mut cfg.eval_every, args.eval_every);
     set(&mut cfg.checkpoint_every, args.checkpoint_every);
@@ -188,20 +221,7 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
     if args.no_contrastive {
         cfg.contrastive = false;
     }
-    let m = &mut cfg.mtt;
-    if let Some(dir) = &args.buffer {
-        m.buffer = dir.to_string_lossy().into_owned();
-    }
-    if args.model.is_some() {
-        m.student = args.model;
-    }
-    set(&mut m.syn_steps, args.syn_steps);
-    set(&mut m.expert_epochs, args.expert_epochs);
-    set(&mut m.max_start_epoch, args.max_start_epoch);
-    set(&mut m.lr_teacher, args.lr_teacher);
-    set(&mut m.lr_lr, args.lr_lr);
-    set(&mut m.batch_syn, args.batch_syn);
-    set(&mut m.unroll, args.unroll);
+    objective_flags(&mut cfg.objective, args)?;
     let w = &mut cfg.contrastive_weights;
     set(&mut w.cos, args.lambda_cos);
     set(&mut w.cls, args.lambda_cls);
@@ -219,6 +239,122 @@ fn set<T>(slot: &mut T, flag: Option<T>) {
     if let Some(v) = flag {
         *slot = v;
     }
+}
+
+/// The objective `--method` names: the current one when it is already that method, the
+/// gradient-matching settings carried over between dc and dsa, else the method's
+/// defaults.
+fn switch(current: &ObjectiveConfig, name: &str) -> anyhow::Result<ObjectiveConfig> {
+    let wanted = ObjectiveConfig::named(name)?;
+    Ok(match (current, wanted) {
+        (c, w) if c.name() == w.name() => c.clone(),
+        (ObjectiveConfig::Dc(c) | ObjectiveConfig::Dsa(c), ObjectiveConfig::Dsa(_)) => {
+            ObjectiveConfig::Dsa(c.clone())
+        }
+        (ObjectiveConfig::Dc(c) | ObjectiveConfig::Dsa(c), ObjectiveConfig::Dc(_)) => {
+            ObjectiveConfig::Dc(c.clone())
+        }
+        (_, w) => w,
+    })
+}
+
+/// Applies the flags of the objective's own settings, refusing those of another method.
+fn objective_flags(objective: &mut ObjectiveConfig, args: &Args) -> anyhow::Result<()> {
+    let method = objective.name();
+    let refuse = |given: &[(&str, bool)]| match given.iter().find(|g| g.1) {
+        Some((flag, _)) => bail!(
+            "--{flag} is not a setting of {method}: choose the method it belongs to with \
+             --method (see `haba distill --help`)"
+        ),
+        None => Ok(()),
+    };
+    let dm = [("embedder", args.embedder.is_some())];
+    let mtt = [
+        ("buffer", args.buffer.is_some()),
+        ("syn-steps", args.syn_steps.is_some()),
+        ("expert-epochs", args.expert_epochs.is_some()),
+        ("max-start-epoch", args.max_start_epoch.is_some()),
+        ("lr-teacher", args.lr_teacher.is_some()),
+        ("lr-lr", args.lr_lr.is_some()),
+        ("batch-syn", args.batch_syn.is_some()),
+        ("unroll", args.unroll.is_some()),
+    ];
+    let dc = [
+        ("dis-metric", args.dis_metric.is_some()),
+        ("outer-loop", args.outer_loop.is_some()),
+        ("inner-loop", args.inner_loop.is_some()),
+        ("lr-net", args.lr_net.is_some()),
+        ("batch-train", args.batch_train.is_some()),
+    ];
+    let real = [
+        ("batch-real", args.batch_real.is_some()),
+        ("views", args.views.is_some()),
+    ];
+    match objective {
+        ObjectiveConfig::Dm(c) => {
+            refuse(&[&mtt[..], &dc[..], &[("model", args.model.is_some())]].concat())?;
+            let DmConfig {
+                batch_real,
+                embedder,
+                views,
+            } = c;
+            set(batch_real, args.batch_real);
+            set(embedder, args.embedder);
+            set(views, args.views);
+        }
+        ObjectiveConfig::Mtt(c) => {
+            refuse(&[&dm[..], &dc[..], &real[..]].concat())?;
+            if let Some(dir) = &args.buffer {
+                c.buffer = dir.to_string_lossy().into_owned();
+            }
+            if args.model.is_some() {
+                c.student = args.model;
+            }
+            let MttConfig {
+                syn_steps,
+                expert_epochs,
+                max_start_epoch,
+                lr_teacher,
+                lr_lr,
+                batch_syn,
+                unroll,
+                ..
+            } = c;
+            set(syn_steps, args.syn_steps);
+            set(expert_epochs, args.expert_epochs);
+            set(max_start_epoch, args.max_start_epoch);
+            set(lr_teacher, args.lr_teacher);
+            set(lr_lr, args.lr_lr);
+            set(batch_syn, args.batch_syn);
+            set(unroll, args.unroll);
+        }
+        ObjectiveConfig::Dc(c) | ObjectiveConfig::Dsa(c) => {
+            refuse(&[&dm[..], &mtt[..]].concat())?;
+            let DcConfig {
+                batch_real,
+                network,
+                dis_metric,
+                outer_loop,
+                inner_loop,
+                lr_net,
+                batch_train,
+                views,
+            } = c;
+            set(batch_real, args.batch_real);
+            set(network, args.model);
+            set(dis_metric, args.dis_metric);
+            if args.outer_loop.is_some() {
+                *outer_loop = args.outer_loop;
+            }
+            if args.inner_loop.is_some() {
+                *inner_loop = args.inner_loop;
+            }
+            set(lr_net, args.lr_net);
+            set(batch_train, args.batch_train);
+            set(views, args.views);
+        }
+    }
+    Ok(())
 }
 
 /// `runs/<method>-<dataset>-ipc<N>`, with `-2`, `-3`, ... if taken.
@@ -240,8 +376,8 @@ pub fn fresh_run_dir(cfg: &DistillConfig) -> PathBuf {
 
 pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
     if args.list_presets {
-        for (name, what) in PRESETS {
-            println!("{name:<26} {what}");
+        for p in presets() {
+            println!("{:<26} {}", p.name, p.about);
         }
         return Ok(());
     }
@@ -297,7 +433,7 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         distiller.cfg.eval.nets,
         distiller.cfg.eval.model,
     );
-    write_report(&run, &distiller, &dataset, &result, &[])?;
+    run.write_report(&report_of(&distiller, &dataset, &selected.name, result))?;
     println!("run directory: {}", run.path.display());
     Ok(())
 }
@@ -318,8 +454,8 @@ pub fn run_with_bar(
         } => {
             bar.set_position(iteration as u64);
             let mut msg = format!("loss {:.4}", losses.objective);
-            if let Some(lr) = losses.lr {
-                msg += &format!(" lr {lr:.4}");
+            for (name, v) in &losses.scalars {
+                msg += &format!(" {name} {v:.4}");
             }
             if losses.adversary > 0.0 {
                 msg += &format!(" div {:.3} adv {:.3}", losses.diversity, losses.adversary);
@@ -336,34 +472,4 @@ pub fn run_with_bar(
     .with_context(|| format!("distilling into {}", run.path.display()))?;
     bar.finish_and_clear();
     Ok(result)
-}
-
-/// `report.json`: settings, storage, final accuracy, and any baselines run beside it.
-pub fn write_report(
-    run: &RunDir,
-    d: &Distiller,
-    dataset: &Dataset,
-    result: &EvalResult,
-    baselines: &[(String, haba::haba::Storage, EvalResult)],
-) -> anyhow::Result<()> {
-    let baselines: Vec<_> = baselines
-        .iter()
-        .map(
-            |(name, storage, r)| serde_json::json!({"name": name, "storage": storage, "result": r}),
-        )
-        .collect();
-    let report = serde_json::json!({
-        "method": d.cfg.label(),
-        "dataset": dataset.name,
-        "classes": dataset.classes,
-        "bases_per_class": d.bases_per_class,
-        "iterations": d.iteration,
-        "settings": d.cfg,
-        "storage": d.storage(),
-        "learned_lr": d.learned_lr(),
-        "result": result,
-        "baselines": baselines,
-    });
-    haba::report::write_report_json(&run.report(), &report)?;
-    Ok(())
 }

@@ -7,7 +7,9 @@ use haba::artifact::Artifact;
 use haba::data::{NormKind, Prepared, subset};
 use haba::eval::evaluate_factorization;
 use haba::eval::{EvalConfig, EvalProgress, EvalResult};
+use haba::haba::Storage;
 use haba::nets::Arch;
+use haba::report::{EvaluatedSet, Report};
 use haba::rng::Rng;
 use haba::train::TrainConfig;
 
@@ -65,20 +67,6 @@ pub enum Switch {
     Off,
 }
 
-/// What `--json` writes: the result with everything needed to repeat it.
-#[derive(serde::Serialize)]
-struct Report<'a> {
-    dataset: &'a str,
-    training_set: String,
-    images_per_class: Option<usize>,
-    train_images: usize,
-    seed: u64,
-    device: String,
-    preprocess: NormKind,
-    config: &'a EvalConfig,
-    result: &'a EvalResult,
-}
-
 pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.artifact {
         return run_artifact(common, &args, path);
@@ -126,21 +114,30 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         result.percent()
     );
     if let Some(path) = &args.json {
-        let report = Report {
-            dataset: &dataset.name,
-            training_set,
-            images_per_class: args.random_real,
-            train_images: train_set.len(),
-            seed: common.seed(),
-            device: selected.name.clone(),
-            preprocess: args.preprocess,
-            config: &cfg,
-            result: &result,
-        };
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        let mut report = Report::new(
+            &dataset.name,
+            &dataset.classes,
+            &selected.name,
+            common.seed(),
+        );
+        report.preprocess = Some(args.preprocess);
+        let floats = train_set.len() * dataset.shape.numel();
+        report.sets.push(EvaluatedSet {
+            name: training_set,
+            storage: Storage::new(floats, 0, dataset.shape, dataset.classes.len()),
+            iterations: None,
+            evaluation: cfg,
+            result,
+        });
+        write_json(path, &report)?;
     }
+    Ok(())
+}
+
+/// `--json FILE`: the report.
+fn write_json(path: &std::path::Path, report: &Report) -> anyhow::Result<()> {
+    haba::report::write_report_json(path, report)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
@@ -208,18 +205,21 @@ fn run_artifact(common: &Common, args: &Args, path: &std::path::Path) -> anyhow:
         result.percent()
     );
     if let Some(json) = &args.json {
-        let report = serde_json::json!({
-            "artifact": file,
-            "method": artifact.meta.method,
-            "dataset": artifact.meta.dataset,
-            "storage": storage,
-            "seed": common.seed(),
-            "device": selected.name,
-            "config": cfg,
-            "result": result,
+        let seed = common.seed();
+        let mut report = Report::new(&dataset.name, &dataset.classes, &selected.name, seed);
+        let iterations = artifact
+            .meta
+            .settings
+            .get("iterations")
+            .and_then(|i| i.as_u64());
+        report.sets.push(EvaluatedSet {
+            name: artifact.meta.method.clone(),
+            storage,
+            iterations: iterations.map(|i| i as usize),
+            evaluation: cfg,
+            result,
         });
-        std::fs::write(json, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", json.display()))?;
+        write_json(json, &report)?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod demo;
 mod distill;
 mod eval;
 mod export;
+pub mod flags;
 #[cfg(feature = "viewer")]
 mod view;
 
@@ -57,7 +58,11 @@ impl Common {
     pub fn device(&self) -> anyhow::Result<Selected> {
         let selected = haba::device::select(self.device, self.seed())
             .with_context(|| format!("opening --device {}", self.device))?;
-        eprintln!("device: {} ({})", selected.name, selected.reason);
+        eprintln!(
+            "device: {} ({})",
+            selected.name,
+            flags::phrase(&selected.reason)
+        );
         Ok(selected)
     }
 }

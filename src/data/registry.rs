@@ -306,7 +306,7 @@ fn not_found(info: &DatasetInfo, search: &SearchPaths) -> DataError {
     );
     let hint = if info.downloadable {
         format!(
-            "Fetch it with `haba datasets --download {}`, or {layout}.{partial}",
+            "Fetch it with `download = {}`, or {layout}.{partial}",
             info.name
         )
     } else {
@@ -523,7 +523,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains(&a.path().display().to_string()), "{msg}");
-        assert!(msg.contains("--download"), "{msg}");
+        assert!(msg.contains("`download = "), "{msg}");
         assert!(msg.contains(&format!("lacks {}", svhn::TEST)), "{msg}");
 
         let msg = locate("folder:nowhere", &search(&[a.path()]))

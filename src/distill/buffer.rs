@@ -390,7 +390,7 @@ fn read(dir: &Path, want: &BufferKey, mut model: Option<Arch>) -> Result<Vec<Tra
     paths.sort();
     if paths.is_empty() {
         return Err(fail(
-            "no expert-*.safetensors files: make them with `haba buffer --out` first".into(),
+            "no expert-*.safetensors files: train experts into it first".into(),
         ));
     }
     let mut experts: Vec<Trajectory> = Vec::with_capacity(paths.len());

@@ -20,25 +20,123 @@
 
 use burn::tensor::Tensor;
 
-use super::config::{DmSettings, Views};
-use super::objective::{Objective, Synthetic};
+use super::config::{DistillConfig, EvalSettings, Preset, Rates};
+use super::objective::{Objective, ObjectiveConfig, ObjectiveLoss, Synthetic, Views};
 use crate::augment::Dsa;
 use crate::data::Prepared;
 use crate::error::{Error, Result};
-use crate::nets::{BnMode, Network};
+use crate::nets::{Arch, BnMode, Network};
 use crate::rng::Rng;
+
+/// Distribution matching's own settings (`[objective]` with `method = "dm"`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DmConfig {
+    /// Real images per class per iteration.
+    pub batch_real: usize,
+    /// The randomly initialised network whose embeddings DM matches.
+    pub embedder: Arch,
+    /// Hallucinated views per basis in each iteration.
+    pub views: Views,
+}
+
+impl Default for DmConfig {
+    fn default() -> Self {
+        Self {
+            batch_real: 256,
+            embedder: Arch::default(),
+            views: Views::All,
+        }
+    }
+}
+
+impl DmConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_real == 0 {
+            return Err(Error::Config(
+                "`objective.batch_real = 0`: at least 1 real image per class".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn init(&self, data: &Prepared) -> Result<Dm> {
+        Dm::new(self, data)
+    }
+}
+
+/// DM's optimiser (`main_DM.py`: images SGD lr 1, momentum 0.5); the hallucinators far
+/// below the bases' rate: DM's gradient on the shared encoder/decoder weights sums over
+/// every pixel of every basis, and at the bases' rate of 1 those weights grow without
+/// bound within a few dozen iterations.
+pub const RATES: Rates = Rates {
+    lr_bases: 1.0,
+    momentum_bases: 0.5,
+    lr_hallucinators: 1e-3,
+    momentum_hallucinators: 0.5,
+};
+
+/// DM's presets: the main job's quick run and the official settings.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "quick",
+        about: "the main job: HaBa-DM on the embedded Fashion-MNIST subset, minutes on a CPU",
+        settings: quick,
+    },
+    Preset {
+        name: "dm-cifar10",
+        about: "DM's official CIFAR-10 settings (20k iterations, lr 1, momentum 0.5), with HaBa",
+        settings: || DistillConfig {
+            dataset: "cifar10".into(),
+            ..DistillConfig::default()
+        },
+    },
+    Preset {
+        name: "dm-fashion-mnist",
+        about: "DM's official settings on Fashion-MNIST, with HaBa",
+        settings: || DistillConfig {
+            dataset: "fashion-mnist".into(),
+            ..DistillConfig::default()
+        },
+    },
+];
+
+/// The main job's HaBa-DM: 300 iterations at a budget of 2 images per class, small
+/// networks, minutes on a CPU.
+pub fn quick() -> DistillConfig {
+    let w32: Arch = "ConvNetW32".parse().expect("a known network");
+    DistillConfig {
+        dataset: "embedded".into(),
+        ipc: 2,
+        budget_equal: true,
+        iterations: 300,
+        objective: ObjectiveConfig::Dm(DmConfig {
+            batch_real: 64,
+            embedder: w32,
+            views: Views::All,
+        }),
+        eval: EvalSettings {
+            model: w32,
+            nets: 2,
+            epochs: 300,
+            lr: 0.01,
+        },
+        checkpoint_every: 100,
+        ..DistillConfig::default()
+    }
+}
 
 /// DM as an [`Objective`]: per iteration a fresh embedder, one real batch per class, and
 /// [`dm_loss`] against the class's synthetic views.
 pub struct Dm {
-    settings: DmSettings,
+    settings: DmConfig,
     embedder: Network,
     /// Indices of each class's training images.
     by_class: Vec<Vec<usize>>,
 }
 
 impl Dm {
-    pub fn new(settings: &DmSettings, data: &Prepared) -> Result<Self> {
+    pub fn new(settings: &DmConfig, data: &Prepared) -> Result<Self> {
         let mut by_class = vec![Vec::new(); data.classes];
         for (i, &l) in data.train.labels.iter().enumerate() {
             by_class[l as usize].push(i);
@@ -58,7 +156,7 @@ impl Dm {
 /// image it sees (all classes together for a BatchNorm embedder, one class at a time
 /// otherwise), its output and the activation after it.
 fn check_real_batches(
-    settings: &DmSettings,
+    settings: &DmConfig,
     embedder: &Network,
     class_sizes: impl Iterator<Item = usize> + Clone,
 ) -> Result<()> {
@@ -86,35 +184,25 @@ fn check_real_batches(
         .and_then(|(images, layer)| images.checked_add(layer));
     crate::device::fits_in_memory(floats.and_then(|f| f.checked_mul(4))).map_err(|why| {
         Error::Config(format!(
-            "dm.batch_real {} ({total} real images a step through {}) {why}: lower \
-             dm.batch_real",
+            "`objective.batch_real = {}` ({total} real images a step through {}) {why}: \
+             lower it",
             settings.batch_real, settings.embedder
         ))
     })
 }
 
 impl Objective for Dm {
-    fn loss(&mut self, syn: &Synthetic<'_>, data: &Prepared, rng: &mut Rng) -> Result<Tensor<1>> {
+    fn loss(
+        &mut self,
+        syn: &Synthetic<'_>,
+        _learned: &[Tensor<1>],
+        data: &Prepared,
+        rng: &mut Rng,
+    ) -> Result<ObjectiveLoss> {
         let device = syn.fact.bases.device();
-        let (n, per_class) = (syn.fact.len(), syn.per_class);
         // A fresh, untrained embedder each iteration.
         let params = self.embedder.init(rng, &device);
-        // Every basis through a hallucinator drawn for it, or through each hallucinator
-        // (hallucinator-major, so class c's views are strided by n).
-        let (images, views) = match self.settings.views {
-            Views::Sample => {
-                let m = syn.hallucinators();
-                let h: Vec<usize> = (0..n).map(|_| rng.below(m)).collect();
-                (syn.images(&h)?, 1)
-            }
-            Views::All => (syn.every_view()?, syn.hallucinators()),
-        };
-        let synthetic: Vec<Tensor<4>> = (0..syn.classes)
-            .map(|c| {
-                let of = |j: usize| images.clone().narrow(0, j * n + c * per_class, per_class);
-                Tensor::cat((0..views).map(of).collect(), 0)
-            })
-            .collect();
+        let synthetic = syn.class_views(self.settings.views, rng)?;
         let real: Vec<Tensor<4>> = self
             .by_class
             .iter()
@@ -131,7 +219,8 @@ impl Objective for Dm {
             &synthetic,
             syn.dsa,
             rng.next_u64(),
-        ))
+        )
+        .into())
     }
 }
 
@@ -414,10 +503,10 @@ mod tests {
     /// they cannot fit; a class smaller than `batch_real` caps its batch.
     #[test]
     fn real_batches_beyond_memory_are_refused_by_setting() {
-        let settings = |batch_real: usize, embedder: &str| DmSettings {
+        let settings = |batch_real: usize, embedder: &str| DmConfig {
             batch_real,
             embedder: embedder.parse().unwrap(),
-            ..DmSettings::default()
+            ..DmConfig::default()
         };
         let net = tiny("ConvNetD1W4");
         let huge = [1usize << 50; 2];
@@ -429,7 +518,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("dm.batch_real") && err.contains("GB"), "{err}");
+        assert!(
+            err.contains("objective.batch_real") && err.contains("GB"),
+            "{err}"
+        );
         // Two small classes cap any batch_real.
         check_real_batches(
             &settings(usize::MAX, "ConvNetD1W4"),
@@ -446,6 +538,6 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("dm.batch_real"), "{err}");
+        assert!(err.contains("objective.batch_real"), "{err}");
     }
 }

@@ -18,20 +18,251 @@
 //! step, as the reference; `recompute` keeps only each step's parameters and walks the
 //! steps backwards, so activation memory is one step's whatever `syn_steps` is.
 
-use burn::tensor::{Gradients, Tensor};
+use burn::tensor::{Device, Gradients, Tensor};
 
 use super::buffer::{BufferKey, Trajectory, read_buffer, read_buffer_any_model};
-use super::checkpoint::Checkpoint;
-use super::config::{DistillConfig, MttSettings, Unroll};
-use super::objective::{Objective, Synthetic};
+use super::config::{DistillConfig, Preset, Rates};
+use super::objective::{Learned, Objective, ObjectiveConfig, ObjectiveLoss, Source, Synthetic};
+use crate::data::NormKind;
 use crate::data::Prepared;
 use crate::data::index_tensor;
 use crate::error::{Error, Result};
 use crate::haba::{Factorization, Hallucinators};
+use crate::nets::Arch;
 use crate::nets::Network;
 use crate::nets::student::{check_student, loss_and_grad};
-use crate::optim::{Sgd, SgdState, descend};
+use crate::optim::{Sgd, descend};
 use crate::rng::Rng;
+
+/// How MTT computes the gradient through the unrolled student steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unroll {
+    /// One autodiff graph over every student step, as the reference: memory grows with
+    /// `syn_steps`.
+    #[default]
+    Graph,
+    /// Keep only each step's parameters and replay the steps backwards, one step's graph
+    /// at a time: the same gradient in memory that does not grow with `syn_steps`.
+    Recompute,
+}
+
+impl std::fmt::Display for Unroll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unroll::Graph => "graph",
+            Unroll::Recompute => "recompute",
+        })
+    }
+}
+
+impl std::str::FromStr for Unroll {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "graph" => Ok(Unroll::Graph),
+            "recompute" => Ok(Unroll::Recompute),
+            _ => Err(Error::Config(format!(
+                "unknown unroll `{s}`; use `graph` or `recompute`"
+            ))),
+        }
+    }
+}
+
+/// Trajectory matching's own settings (`[objective]` with `method = "mtt"`), named as
+/// the reference's flags.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MttConfig {
+    /// The directory of expert trajectories (`haba buffer --out`).
+    pub buffer: String,
+    /// The student network; empty: the buffer's model.
+    pub student: Option<Arch>,
+    /// Student SGD steps on synthetic batches per iteration.
+    pub syn_steps: usize,
+    /// Expert epochs the student should cover in `syn_steps` steps (M).
+    pub expert_epochs: usize,
+    /// Start epochs are drawn below this.
+    pub max_start_epoch: usize,
+    /// The student's initial learning rate α (learned from there).
+    pub lr_teacher: f32,
+    /// SGD on α.
+    pub lr_lr: f32,
+    pub momentum_lr: f32,
+    /// Synthetic images per student step; 0: every image (the reference's default).
+    pub batch_syn: usize,
+    pub unroll: Unroll,
+}
+
+impl Default for MttConfig {
+    /// The official CIFAR-10 IPC 10 script.
+    fn default() -> Self {
+        Self {
+            buffer: String::new(),
+            student: None,
+            syn_steps: 30,
+            expert_epochs: 2,
+            max_start_epoch: 20,
+            lr_teacher: 0.01,
+            lr_lr: 1e-5,
+            momentum_lr: 0.5,
+            batch_syn: 0,
+            unroll: Unroll::Graph,
+        }
+    }
+}
+
+impl MttConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.buffer.is_empty() {
+            return bad(
+                "`objective.buffer` is empty: MTT needs expert trajectories, a directory made \
+                 by `haba buffer`"
+                    .into(),
+            );
+        }
+        for (name, v) in [
+            ("syn_steps", self.syn_steps),
+            ("expert_epochs", self.expert_epochs),
+            ("max_start_epoch", self.max_start_epoch),
+        ] {
+            if v == 0 {
+                return bad(format!("`objective.{name} = 0`: at least 1"));
+            }
+        }
+        if !(self.lr_teacher.is_finite() && self.lr_teacher > 0.0) {
+            return bad(format!(
+                "`objective.lr_teacher = {}`: must be a finite number > 0",
+                self.lr_teacher
+            ));
+        }
+        for (name, v) in [("lr_lr", self.lr_lr), ("momentum_lr", self.momentum_lr)] {
+            if !v.is_finite() || v < 0.0 {
+                return bad(format!(
+                    "`objective.{name} = {v}`: must be a finite number >= 0"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the buffer and checks it against the run's data and student.
+    pub fn init(&self, data: &Prepared, source: Source) -> Result<Mtt> {
+        let dir = std::path::Path::new(&self.buffer);
+        let model = self.student.unwrap_or_default();
+        let key = BufferKey::of(source.dataset, source.preprocess, data, model);
+        let experts = match self.student {
+            Some(_) => read_buffer(dir, &key)?,
+            None => read_buffer_any_model(dir, &key)?,
+        };
+        Mtt::with_experts(self, experts, data)
+    }
+}
+
+/// MTT's presets: the main job's quick run and the official CIFAR-10 scripts.
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "quick-mtt",
+        about: "the main job's HaBa-MTT: the quick settings over a small expert buffer (needs --buffer)",
+        settings: quick,
+    },
+    Preset {
+        name: "haba-mtt-cifar10-ipc1",
+        about: "HaBa's official MTT script, CIFAR-10 at 1 image per class (needs --buffer)",
+        settings: || cifar10(1, true),
+    },
+    Preset {
+        name: "haba-mtt-cifar10-ipc1-sc",
+        about: "the same with single-channel bases",
+        settings: || DistillConfig {
+            single_channel: true,
+            ..cifar10(1, true)
+        },
+    },
+    Preset {
+        name: "haba-mtt-cifar10-ipc10",
+        about: "HaBa's official MTT script, CIFAR-10 at 10 images per class (needs --buffer)",
+        settings: || cifar10(10, true),
+    },
+    Preset {
+        name: "haba-mtt-cifar10-ipc50",
+        about: "HaBa's official MTT script, CIFAR-10 at 50 images per class (needs --buffer)",
+        settings: || cifar10(50, true),
+    },
+    Preset {
+        name: "mtt-cifar10-ipc1",
+        about: "MTT's official CIFAR-10 script at 1 image per class, no HaBa (needs --buffer)",
+        settings: || cifar10(1, false),
+    },
+    Preset {
+        name: "mtt-cifar10-ipc10",
+        about: "MTT's official CIFAR-10 script at 10 images per class, no HaBa (needs --buffer)",
+        settings: || cifar10(10, false),
+    },
+    Preset {
+        name: "mtt-cifar10-ipc50",
+        about: "MTT's official CIFAR-10 script at 50 images per class, no HaBa (needs --buffer)",
+        settings: || cifar10(50, false),
+    },
+];
+
+/// The optimisers of the official scripts: HaBa's (bases and hallucinators lr 100,
+/// momentum 0.95), MTT's own for plain images (lr 1000, momentum 0.5).
+pub fn rates(haba: bool) -> Rates {
+    let (lr, momentum) = if haba { (100.0, 0.95) } else { (1000.0, 0.5) };
+    Rates {
+        lr_bases: lr,
+        momentum_bases: momentum,
+        lr_hallucinators: lr,
+        momentum_hallucinators: momentum,
+    }
+}
+
+/// The main job's HaBa-MTT: the quick settings over a small buffer.
+fn quick() -> DistillConfig {
+    DistillConfig {
+        iterations: 60,
+        checkpoint_every: 20,
+        objective: ObjectiveConfig::Mtt(MttConfig {
+            syn_steps: 10,
+            expert_epochs: 1,
+            max_start_epoch: 2,
+            lr_teacher: 0.01,
+            lr_lr: 1e-5,
+            momentum_lr: 0.9,
+            ..MttConfig::default()
+        }),
+        ..super::dm::quick()
+    }
+}
+
+/// The official CIFAR-10 trajectory-matching settings at `ipc`: HaBa's scripts
+/// with `haba`, MTT's own (images lr 1000, momentum 0.5) without.
+fn cifar10(ipc: usize, haba: bool) -> DistillConfig {
+    let (syn_steps, max_start_epoch, lr_lr, lr_teacher) = match ipc {
+        1 => (50, 2, 1e-7, 0.01),
+        10 => (30, 20, 1e-5, if haba { 0.001 } else { 0.01 }),
+        _ => (30, 20, 1e-5, 0.01),
+    };
+    DistillConfig {
+        haba,
+        dataset: "cifar10".into(),
+        preprocess: NormKind::Zca { eps: 0.1 },
+        ipc,
+        iterations: 15_000,
+        objective: ObjectiveConfig::Mtt(MttConfig {
+            syn_steps,
+            expert_epochs: 2,
+            max_start_epoch,
+            lr_teacher,
+            lr_lr,
+            momentum_lr: if haba { 0.9 } else { 0.5 },
+            ..MttConfig::default()
+        }),
+        ..DistillConfig::default()
+    }
+}
 
 /// The lowest learning rate α may take.
 pub const MIN_LR: f32 = 0.001;
@@ -46,38 +277,18 @@ struct Draw {
     dsa_seed: u64,
 }
 
-/// MTT as an [`Objective`].
+/// MTT as an [`Objective`]: it learns α ([`Learned`]), which the loop optimises.
 pub struct Mtt {
-    settings: MttSettings,
+    settings: MttConfig,
     student: Network,
     experts: Vec<Trajectory>,
-    /// α, detached; `tracked` is this iteration's copy on the graph.
-    lr: Tensor<1>,
-    tracked: Option<Tensor<1>>,
-    lr_sgd: Sgd,
-    lr_state: SgdState,
+    /// Where α starts.
+    device: Device,
 }
 
 impl Mtt {
-    /// Reads the buffer (`cfg.mtt.buffer`) and checks it against the run's data and student.
-    pub fn new(cfg: &DistillConfig, data: &Prepared) -> Result<Self> {
-        let s = &cfg.mtt;
-        let dir = std::path::Path::new(&s.buffer);
-        let model = s.student.unwrap_or_default();
-        let key = BufferKey::of(&cfg.dataset, cfg.preprocess, data, model);
-        let experts = match s.student {
-            Some(_) => read_buffer(dir, &key)?,
-            None => read_buffer_any_model(dir, &key)?,
-        };
-        Self::with_experts(s, experts, data)
-    }
-
     /// MTT over trajectories already in memory (all from one model).
-    pub fn with_experts(
-        s: &MttSettings,
-        experts: Vec<Trajectory>,
-        data: &Prepared,
-    ) -> Result<Self> {
+    pub fn with_experts(s: &MttConfig, experts: Vec<Trajectory>, data: &Prepared) -> Result<Self> {
         let first = experts
             .first()
             .ok_or_else(|| Error::Config("the expert buffer is empty".into()))?;
@@ -88,8 +299,8 @@ impl Mtt {
         let needed = s.max_start_epoch.max(1) - 1 + s.expert_epochs;
         if needed > epochs {
             return Err(Error::Config(format!(
-                "mtt.max_start_epoch {} and mtt.expert_epochs {} need experts of at least \
-                 {needed} epochs; the buffer's have {epochs}",
+                "`objective.max_start_epoch = {}` and `objective.expert_epochs = {}` need \
+                 experts of at least {needed} epochs; the buffer's have {epochs}",
                 s.max_start_epoch, s.expert_epochs,
             )));
         }
@@ -106,25 +317,16 @@ impl Mtt {
         crate::device::fits_in_memory((s.syn_steps as u128).checked_mul(per_step)).map_err(
             |why| {
                 Error::Config(format!(
-                    "mtt.syn_steps {} of {model}'s student {why}: use fewer steps",
+                    "`objective.syn_steps = {}` of {model}'s student {why}: use fewer steps",
                     s.syn_steps
                 ))
             },
         )?;
-        let device = data.train.images.device();
-        let lr_sgd = Sgd {
-            lr: s.lr_lr,
-            momentum: s.momentum_lr,
-            weight_decay: 0.0,
-        };
         Ok(Self {
             settings: s.clone(),
-            lr: Tensor::from_floats([s.lr_teacher], &device),
-            tracked: None,
-            lr_state: lr_sgd.state(),
-            lr_sgd,
             student,
             experts,
+            device: data.train.images.device(),
         })
     }
 
@@ -292,44 +494,39 @@ fn grad_of<const D: usize>(t: &Tensor<D>, grads: &Gradients, what: &str) -> Resu
 }
 
 impl Objective for Mtt {
-    fn loss(&mut self, syn: &Synthetic<'_>, _data: &Prepared, rng: &mut Rng) -> Result<Tensor<1>> {
+    fn learned(&self) -> Vec<Learned> {
+        vec![Learned {
+            name: "lr",
+            value: Tensor::from_floats([self.settings.lr_teacher], &self.device),
+            sgd: Sgd {
+                lr: self.settings.lr_lr,
+                momentum: self.settings.momentum_lr,
+                weight_decay: 0.0,
+            },
+            floor: Some(MIN_LR),
+            training_lr: true,
+        }]
+    }
+
+    fn loss(
+        &mut self,
+        syn: &Synthetic<'_>,
+        learned: &[Tensor<1>],
+        _data: &Prepared,
+        rng: &mut Rng,
+    ) -> Result<ObjectiveLoss> {
         let device = syn.fact.bases.device();
         let expert = &self.experts[rng.below(self.experts.len())];
         let t = rng.below(self.settings.max_start_epoch.max(1));
         let start = expert.params(t, &device);
         let target = expert.params(t + self.settings.expert_epochs, &device);
         let draws = self.draws(syn.fact.len(), syn.hallucinators(), rng);
-        let lr = self.lr.clone().autodiff().require_grad();
-        self.tracked = Some(lr.clone());
-        match self.settings.unroll {
-            Unroll::Graph => self.unrolled(syn, &start, &target, &draws, &lr),
-            Unroll::Recompute => self.recomputed(syn, &start, &target, &draws, &lr),
-        }
-    }
-
-    fn update(&mut self, grads: &Gradients) -> Result<()> {
-        let tracked = self.tracked.take().expect("loss before update");
-        let g = tracked
-            .grad(grads)
-            .ok_or_else(|| Error::NonFinite("no gradient reached the learning rate".into()))?;
-        let lr = self.lr_sgd.step(self.lr.clone(), g, &mut self.lr_state);
-        self.lr = lr.clamp_min(MIN_LR);
-        Ok(())
-    }
-
-    fn learned_lr(&self) -> Option<Tensor<1>> {
-        Some(self.lr.clone())
-    }
-
-    fn save(&self, ck: &mut Checkpoint) {
-        ck.put("mtt.lr", &self.lr);
-        ck.put_opt("mtt.lr.velocity", self.lr_state.velocity.as_ref());
-    }
-
-    fn load(&mut self, ck: &mut Checkpoint) -> Result<()> {
-        self.lr = ck.require("mtt.lr", [1])?;
-        self.lr_state.velocity = ck.take("mtt.lr.velocity", [1])?;
-        Ok(())
+        let lr = &learned[0];
+        Ok(match self.settings.unroll {
+            Unroll::Graph => self.unrolled(syn, &start, &target, &draws, lr),
+            Unroll::Recompute => self.recomputed(syn, &start, &target, &draws, lr),
+        }?
+        .into())
     }
 }
 
@@ -395,14 +592,14 @@ mod tests {
             .try_to_vec()
             .unwrap();
         let end: Vec<f32> = start.iter().map(|v| v + 0.05 * rng.normal()).collect();
-        let settings = MttSettings {
+        let settings = MttConfig {
             syn_steps: 3,
             expert_epochs: 1,
             max_start_epoch: 1,
             lr_teacher: 0.5,
             batch_syn: 4,
             unroll,
-            ..MttSettings::default()
+            ..MttConfig::default()
         };
         let expert = Trajectory::new(model, &data, 0, vec![start, end]).unwrap();
         let mtt = Mtt::with_experts(&settings, vec![expert], &data).unwrap();
@@ -440,7 +637,9 @@ mod tests {
         lr: f32,
     ) -> (f32, Vec<f32>, Option<Vec<f32>>, f32) {
         let device = fact.bases.device();
-        mtt.lr = Tensor::from_floats([lr], &device);
+        let lr = Tensor::<1>::from_floats([lr], &device)
+            .autodiff()
+            .require_grad();
         let tracked = refreshed(fact, true);
         let syn = Synthetic {
             fact: &tracked,
@@ -448,7 +647,10 @@ mod tests {
             per_class: 2,
             dsa,
         };
-        let loss = mtt.loss(&syn, data, &mut Rng::new(77)).unwrap();
+        let loss = mtt
+            .loss(&syn, std::slice::from_ref(&lr), data, &mut Rng::new(77))
+            .unwrap()
+            .loss;
         let grads = loss.backward();
         let host = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
         let gb = host(tracked.bases.grad(&grads).unwrap().flatten(0, 3));
@@ -456,7 +658,7 @@ mod tests {
             .hallucinators
             .as_ref()
             .map(|h| host(h.params.grad(&grads).unwrap()));
-        let glr = host(mtt.tracked.take().unwrap().grad(&grads).unwrap())[0];
+        let glr = host(lr.grad(&grads).unwrap())[0];
         (loss.into_scalar::<f32>(), gb, gh, glr)
     }
 
@@ -595,28 +797,5 @@ mod tests {
             got.3,
             want.3
         );
-    }
-
-    #[test]
-    fn the_learning_rate_learns_and_stays_above_its_floor() {
-        let (data, mut mtt, dsa) = setup(Unroll::Graph);
-        mtt.lr_sgd.lr = 1e3; // a huge step: it must clip at MIN_LR, not go negative
-        let fact = factorization(true);
-        let tracked = refreshed(&fact, true);
-        let syn = Synthetic {
-            fact: &tracked,
-            classes: 3,
-            per_class: 2,
-            dsa: &dsa,
-        };
-        let loss = mtt.loss(&syn, &data, &mut Rng::new(1)).unwrap();
-        mtt.update(&loss.backward()).unwrap();
-        let lr = mtt.learned_lr().unwrap().into_scalar::<f32>();
-        assert!(lr != 0.5 && lr >= MIN_LR, "{lr}");
-        let mut ck = Checkpoint::new(1);
-        mtt.save(&mut ck);
-        let (_, mut other, _) = setup(Unroll::Graph);
-        other.load(&mut ck).unwrap();
-        assert_eq!(other.learned_lr().unwrap().into_scalar::<f32>(), lr);
     }
 }

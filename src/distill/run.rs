@@ -1,72 +1,17 @@
-//! A distillation run on disk: the loop with logging, periodic evaluation and checkpoints,
-//! and resuming an interrupted run from its directory.
-//!
-//! ```text
-//! RUN/config.toml              every setting (what --resume reads back)
-//! RUN/distilled.safetensors    the artifact (bases, hallucinators, labels, metadata)
-//! RUN/checkpoint.safetensors   every learned tensor, optimiser momentum and the iteration
-//! RUN/metrics.jsonl            one line per logged iteration and per evaluation
-//! RUN/report.json              settings, storage, accuracies, baselines
-//! RUN/bases.png, hallucinated.png  true colour; *-stretched.png each image to its range
-//! RUN/curves.png               objective, contrastive terms, accuracy, α, per iteration
-//! ```
-
-use std::path::PathBuf;
+//! A distillation run on disk (a [`RunDir`]): the loop with logging, periodic evaluation
+//! and checkpoints, and resuming an interrupted run from its directory.
 
 use super::checkpoint::Checkpoint;
-use super::config::DistillConfig;
 use super::runner::{Distiller, Losses};
 use crate::artifact::{Artifact, ArtifactMeta, write_atomic};
 use crate::clock::Stopwatch;
 use crate::data::{Dataset, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::{EvalProgress, EvalResult, evaluate_factorization};
-use crate::report::{CURVES_PNG, Display, MetricsLog, bases_png, hallucinated_png, metrics_up_to};
-
-/// The files of one run directory.
-#[derive(Clone, Debug)]
-pub struct RunDir {
-    pub path: PathBuf,
-}
-
-impl RunDir {
-    pub fn new(path: impl Into<PathBuf>) -> Result<Self> {
-        let path = path.into();
-        std::fs::create_dir_all(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Self { path })
-    }
-
-    pub fn config(&self) -> PathBuf {
-        self.path.join("config.toml")
-    }
-    pub fn artifact(&self) -> PathBuf {
-        self.path.join(crate::artifact::FILE_NAME)
-    }
-    pub fn checkpoint(&self) -> PathBuf {
-        self.path.join("checkpoint.safetensors")
-    }
-    pub fn metrics(&self) -> PathBuf {
-        self.path.join(crate::report::METRICS_FILE)
-    }
-    pub fn report(&self) -> PathBuf {
-        self.path.join("report.json")
-    }
-    pub fn curves(&self) -> PathBuf {
-        self.path.join(CURVES_PNG)
-    }
-
-    /// The settings a run was started with.
-    pub fn read_config(&self) -> Result<DistillConfig> {
-        DistillConfig::from_toml(&read_text(&self.config())?)
-    }
-
-    pub fn write_config(&self, cfg: &DistillConfig) -> Result<()> {
-        write_atomic(&self.config(), cfg.to_toml().as_bytes())
-    }
-}
+use crate::report::{
+    Display, Distillation, EvaluatedSet, MetricsLog, Report, RunDir, bases_png, hallucinated_png,
+    metrics_up_to,
+};
 
 /// A text file of the run, with an error naming it.
 fn read_text(path: &std::path::Path) -> Result<String> {
@@ -130,6 +75,33 @@ pub fn artifact_of(d: &Distiller, data: &Prepared, dataset: &Dataset) -> Artifac
         },
         lr: d.learned_lr(),
     }
+}
+
+/// The distiller's set as one row of a report, named `name`, with its `result`.
+pub fn evaluated_set(d: &Distiller, name: &str, result: EvalResult) -> EvaluatedSet {
+    EvaluatedSet {
+        name: name.to_string(),
+        storage: d.storage(),
+        iterations: Some(d.iteration),
+        evaluation: d.cfg.eval_config(d.learned_lr()),
+        result,
+    }
+}
+
+/// The run's `report.json`: how its set was made, measured on `device`, and `result`
+/// first among the sets (callers add baselines after it).
+pub fn report_of(d: &Distiller, dataset: &Dataset, device: &str, result: EvalResult) -> Report {
+    let mut report = Report::new(&dataset.name, &dataset.classes, device, d.cfg.seed);
+    report.preprocess = Some(d.cfg.preprocess);
+    report.distillation = Some(Distillation {
+        method: d.cfg.label(),
+        iterations: d.iteration,
+        bases_per_class: d.bases_per_class,
+        learned_lr: d.learned_lr(),
+        settings: d.cfg.clone(),
+    });
+    report.sets.push(evaluated_set(d, &d.cfg.label(), result));
+    report
 }
 
 /// Writes the artifact and everything needed to continue from this iteration. The
@@ -241,7 +213,7 @@ pub fn distill(
         let iteration = d.iteration;
         metrics.log(&StepRecord {
             iteration,
-            losses,
+            losses: losses.clone(),
             seconds: start.seconds(),
             seconds_per_iteration: began.seconds(),
             memory_bytes: crate::device::memory_bytes(&device),

@@ -1,15 +1,17 @@
 //! The distillation loop: one [`Distiller::step`] is one iteration of the base objective
-//! (DM or MTT, see [`super::objective`]) with HaBa's contrastive terms, reading top to
-//! bottom as bases -> hallucinators -> objective -> update -> adversary.
+//! (see [`super::objective`]) with HaBa's contrastive terms, reading top to bottom as
+//! bases -> hallucinators -> objective -> update -> adversary. The loop owns every
+//! optimiser: the bases', the hallucinators' and those of the tensors an objective learns
+//! itself.
+
+use std::collections::BTreeMap;
 
 use burn::tensor::Tensor;
 
 use super::checkpoint::Checkpoint;
-use super::config::{DistillConfig, Method};
+use super::config::DistillConfig;
 use super::contrastive::{Adversary, augment_pair};
-use super::dm::Dm;
-use super::mtt::Mtt;
-use super::objective::{Objective, Synthetic};
+use super::objective::{Learned, Objective, Source, Synthetic};
 use crate::augment::Dsa;
 use crate::data::{ImageShape, Prepared};
 use crate::error::{Error, Result};
@@ -19,17 +21,19 @@ use crate::optim::{Sgd, SgdState};
 use crate::rng::Rng;
 
 /// Losses of one iteration, for the progress bar and `metrics.jsonl`.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Losses {
-    /// The base objective (DM's embedding distance).
+    /// The base objective (DM's embedding distance, MTT's parameter distance, DC's
+    /// gradient distance).
     pub objective: f32,
     /// HaBa's diversity term λ_cos * mean((cos + 1) / 2), 0 when off.
     pub diversity: f32,
     /// The adversary's own loss after its step, 0 when off.
     pub adversary: f32,
-    /// The learned learning rate α after the step (MTT).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr: Option<f32>,
+    /// The objective's own numbers: each learned scalar after the step (MTT's `lr`, α)
+    /// and whatever it logs itself.
+    #[serde(flatten)]
+    pub scalars: BTreeMap<String, f32>,
 }
 
 /// The losses of one iteration still on the device (see [`Distiller::step_deferred`]).
@@ -37,54 +41,65 @@ pub struct PendingLosses {
     objective: Tensor<1>,
     diversity: Option<Tensor<1>>,
     adversary: Option<Tensor<1>>,
-    lr: Option<Tensor<1>>,
-    method: Method,
+    scalars: Vec<(&'static str, Tensor<1>)>,
+    method: &'static str,
     /// The iteration these are the losses of, counted from 1.
     iteration: usize,
 }
 
 impl PendingLosses {
-    /// Every loss in one tensor (objective, diversity, adversary, learned rate; 0 where a
-    /// term is off), so that reading them back is one transfer.
+    /// Every loss in one tensor (objective, diversity, adversary, then the objective's
+    /// scalars; 0 where a term is off), so that reading them back is one transfer.
     pub fn stacked(&self) -> Tensor<1> {
         let device = self.objective.device();
         let or_zero = |t: &Option<Tensor<1>>| {
             t.clone()
                 .unwrap_or_else(|| Tensor::<1>::zeros([1], &device))
         };
-        Tensor::cat(
-            vec![
-                self.objective.clone(),
-                or_zero(&self.diversity),
-                or_zero(&self.adversary),
-                or_zero(&self.lr),
-            ],
-            0,
-        )
+        let mut all = vec![
+            self.objective.clone(),
+            or_zero(&self.diversity),
+            or_zero(&self.adversary),
+        ];
+        all.extend(self.scalars.iter().map(|(_, t)| t.clone()));
+        Tensor::cat(all, 0)
     }
 
     /// The losses from the values of [`stacked`](Self::stacked); an error naming the
     /// iteration when the objective is not a number.
     pub fn losses(&self, values: &[f32]) -> Result<Losses> {
-        let &[objective, diversity, adversary, lr] = values else {
+        let [objective, diversity, adversary, rest @ ..] = values else {
             return Err(Error::Device(format!(
-                "read {} losses back, expected 4",
-                values.len()
+                "read {} losses back, expected {}",
+                values.len(),
+                3 + self.scalars.len()
             )));
         };
+        if rest.len() != self.scalars.len() {
+            return Err(Error::Device(format!(
+                "read {} losses back, expected {}",
+                values.len(),
+                3 + self.scalars.len()
+            )));
+        }
         if !objective.is_finite() {
             return Err(Error::NonFinite(format!(
                 "the {} loss became {objective} at iteration {}; the last checkpoint on disk \
-                 is kept: lower the learning rates (lr_bases, lr_hallucinators) and start \
+                 is kept: lower the learning rates (`lr_bases`, `lr_hallucinators`) and start \
                  again or resume",
                 self.method, self.iteration
             )));
         }
         Ok(Losses {
-            objective,
-            diversity,
-            adversary,
-            lr: self.lr.as_ref().map(|_| lr),
+            objective: *objective,
+            diversity: *diversity,
+            adversary: *adversary,
+            scalars: self
+                .scalars
+                .iter()
+                .zip(rest)
+                .map(|((name, _), v)| (name.to_string(), *v))
+                .collect(),
         })
     }
 
@@ -96,6 +111,31 @@ impl PendingLosses {
             .try_into_vec_as::<f32>()
             .map_err(|e| Error::Device(format!("reading the losses back: {e:?}")))?;
         self.losses(&values)
+    }
+}
+
+/// A tensor an objective learns, with the loop's optimiser state for it.
+struct LearnedState {
+    spec: Learned,
+    velocity: SgdState,
+}
+
+impl LearnedState {
+    /// Its checkpoint name: `<method>.<name>`.
+    fn key(&self, method: &str) -> String {
+        format!("{method}.{}", self.spec.name)
+    }
+
+    /// One SGD step on the value, then its floor.
+    fn step(&mut self, grad: Tensor<1>) {
+        let v = self
+            .spec
+            .sgd
+            .step(self.spec.value.clone(), grad, &mut self.velocity);
+        self.spec.value = match self.spec.floor {
+            Some(floor) => v.clamp_min(floor),
+            None => v,
+        };
     }
 }
 
@@ -146,18 +186,26 @@ pub fn budget_bases_per_class(
             let grey = h.basis_channels < hal.basis_channels;
             let n = fits(h);
             format!(
-                "Try `--hallucinators {}{}{}`: it fits {n} {}{} per class.",
+                "Try `hallucinators = {}`{}{}: it fits {n} {}{} per class.",
                 h.count,
-                if grey { " --single-channel" } else { "" },
-                if h.count < 2 { " --no-contrastive" } else { "" },
+                if grey {
+                    " with `single_channel = true`"
+                } else {
+                    ""
+                },
+                if h.count < 2 {
+                    " and `contrastive = false`"
+                } else {
+                    ""
+                },
                 if grey { "one-channel " } else { "" },
                 if n == 1 { "basis" } else { "bases" },
             )
         }
-        None => "No hallucinator fits: raise --ipc.".into(),
+        None => "No hallucinator fits: raise `ipc`.".into(),
     };
     Err(Error::Config(format!(
-        "--budget-equal: at {ipc} image(s) per class the budget is {budget} floats; {} \
+        "`budget_equal = true`: at {ipc} image(s) per class the budget is {budget} floats; {} \
          hallucinators take {}, which leaves less than one basis per class. {hint}",
         hal.count,
         hal.num_params(),
@@ -174,9 +222,22 @@ pub struct Distiller {
     image: ImageShape,
     dsa: Dsa,
     objective: Box<dyn Objective>,
+    /// The tensors the objective learns, and their optimisers.
+    learned: Vec<LearnedState>,
     bases_opt: (Sgd, SgdState<4>),
     hal_opt: Option<(Sgd, SgdState)>,
     pub adversary: Option<Adversary>,
+}
+
+/// SGD at `lr` and `momentum`, with its empty state.
+fn sgd<const D: usize>(lr: f32, momentum: f32) -> (Sgd, SgdState<D>) {
+    let s = Sgd {
+        lr,
+        momentum,
+        weight_decay: 0.0,
+    };
+    let st = s.state();
+    (s, st)
 }
 
 impl Distiller {
@@ -184,117 +245,57 @@ impl Distiller {
     /// and the configured objective (MTT reads its expert buffer here).
     pub fn new(cfg: DistillConfig, data: &Prepared) -> Result<Self> {
         cfg.validate()?;
-        let objective: Box<dyn Objective> = match cfg.method {
-            Method::Dm => Box::new(Dm::new(&cfg.dm, data)?),
-            Method::Mtt => Box::new(Mtt::new(&cfg, data)?),
+        let source = Source {
+            dataset: &cfg.dataset,
+            preprocess: cfg.preprocess,
         };
+        let objective = cfg.objective.init(cfg.ipc, data, source)?;
         Self::with_objective(cfg, data, objective)
     }
 
     /// A fresh run with an objective built by the caller (e.g. MTT over experts in memory).
     pub fn with_objective(
-        cfg: DistillConfig,
+        mut cfg: DistillConfig,
         data: &Prepared,
         objective: Box<dyn Objective>,
     ) -> Result<Self> {
         cfg.validate()?;
+        // The run records the rates it uses, the objective's own where none were set.
+        let rates = cfg.rates();
+        cfg.lr_bases = Some(rates.lr_bases);
+        cfg.momentum_bases = Some(rates.momentum_bases);
+        cfg.lr_hallucinators = Some(rates.lr_hallucinators);
+        cfg.momentum_hallucinators = Some(rates.momentum_hallucinators);
         let device = data.train.images.device();
-        let (classes, image) = (data.classes, data.shape);
         let mut rng = Rng::new(cfg.seed);
-        let hal_shape = HallucinatorShape {
-            count: cfg.hallucinators,
-            basis_channels: if cfg.single_channel {
-                1
-            } else {
-                image.channels
-            },
-            channels: image.channels,
-            kernel: cfg.kernel,
-            height: image.height,
-            width: image.width,
-        };
-        if cfg.haba && (cfg.kernel > image.height || cfg.kernel > image.width) {
-            return Err(Error::Config(format!(
-                "kernel {} is larger than the {}x{} images",
-                cfg.kernel, image.height, image.width
-            )));
-        }
-        let bases_per_class = if cfg.haba && cfg.budget_equal {
-            budget_bases_per_class(cfg.ipc, image, classes, &hal_shape)?
-        } else {
-            cfg.ipc
-        };
-        let channels = if cfg.haba {
-            hal_shape.basis_channels
-        } else {
-            image.channels
-        };
-        // A lower bound on what a step holds: the bases with their gradient and momentum,
-        // the hallucinators likewise, and every image the bases make.
-        let sets = classes as u128 * bases_per_class as u128;
-        let views = if cfg.haba {
-            cfg.hallucinators as u128
-        } else {
-            1
-        };
-        let hal_floats = if cfg.haba {
-            hal_shape.num_params() as u128
-        } else {
-            0
-        };
-        let per_basis = (channels * image.height * image.width) as u128;
-        let floats = 3 * sets * per_basis + sets * views * image.numel() as u128 + 3 * hal_floats;
-        crate::device::fits_in_memory(Some(4 * floats)).map_err(|why| {
-            Error::Config(format!(
-                "{bases_per_class} bases per class for {classes} classes {why}: lower ipc"
-            ))
-        })?;
-        let (bases, labels) = init_bases(
-            &data.train,
-            classes,
-            bases_per_class,
-            channels,
-            cfg.init,
-            &mut rng,
-        )?;
-        let hallucinators = cfg.haba.then(|| Hallucinators {
-            shape: hal_shape,
-            params: hal_shape.init(&mut rng, &device, cfg.near_identity),
-        });
+        let (factorization, bases_per_class) = new_factorization(&cfg, data, &mut rng)?;
         let adversary = if cfg.haba && cfg.contrastive {
-            Some(Adversary::new(image, classes, &mut rng, &device)?)
+            Some(Adversary::new(data.shape, data.classes, &mut rng, &device)?)
         } else {
             None
         };
-        let sgd = |lr, momentum| Sgd {
-            lr,
-            momentum,
-            weight_decay: 0.0,
-        };
-        let bases_sgd = sgd(cfg.lr_bases, cfg.momentum_bases);
-        let hal_opt = cfg.haba.then(|| {
-            let s = sgd(cfg.lr_hallucinators, cfg.momentum_hallucinators);
-            let st = s.state();
-            (s, st)
-        });
+        let learned = objective
+            .learned()
+            .into_iter()
+            .map(|spec| LearnedState {
+                velocity: spec.sgd.state(),
+                spec,
+            })
+            .collect();
         Ok(Self {
             dsa: dsa_from_name(&cfg.dsa)?,
-            bases_opt: {
-                let st = bases_sgd.state();
-                (bases_sgd, st)
-            },
+            bases_opt: sgd(rates.lr_bases, rates.momentum_bases),
+            hal_opt: cfg
+                .haba
+                .then(|| sgd(rates.lr_hallucinators, rates.momentum_hallucinators)),
             cfg,
-            factorization: Factorization {
-                bases,
-                labels,
-                hallucinators,
-            },
+            factorization,
             iteration: 0,
             bases_per_class,
-            classes,
-            image,
+            classes: data.classes,
+            image: data.shape,
             objective,
-            hal_opt,
+            learned,
             adversary,
         })
     }
@@ -312,6 +313,12 @@ impl Distiller {
         }
         if let Some(adv) = &self.adversary {
             adv.save(&mut ck);
+        }
+        let method = self.cfg.objective.name();
+        for l in &self.learned {
+            let key = l.key(method);
+            ck.put(&key, &l.spec.value);
+            ck.put_opt(&format!("{key}.velocity"), l.velocity.velocity.as_ref());
         }
         self.objective.save(&mut ck);
         ck
@@ -333,6 +340,13 @@ impl Distiller {
         if let Some(adv) = &mut self.adversary {
             adv.load(&mut ck)?;
         }
+        let method = self.cfg.objective.name();
+        for l in &mut self.learned {
+            let key = l.key(method);
+            let len = l.spec.value.dims();
+            l.spec.value = ck.require(&key, len)?;
+            l.velocity.velocity = ck.take(&format!("{key}.velocity"), len)?;
+        }
         self.objective.load(&mut ck)?;
         if let Some(name) = ck.remaining().first() {
             return Err(Error::Config(format!(
@@ -350,9 +364,10 @@ impl Distiller {
 
     /// The learning rate the objective learned for training on the set (MTT's α).
     pub fn learned_lr(&self) -> Option<f32> {
-        self.objective
-            .learned_lr()
-            .map(|lr| lr.into_scalar::<f32>())
+        self.learned
+            .iter()
+            .find(|l| l.spec.training_lr)
+            .map(|l| l.spec.value.clone().into_scalar::<f32>())
     }
 
     /// One iteration: the objective's loss on the synthetic images (plus HaBa's diversity
@@ -370,62 +385,50 @@ impl Distiller {
         let mut rng = Rng::new(self.cfg.seed).fork(self.iteration as u64 + 1);
 
         // Learnable tensors, tracked for this iteration's backward.
-        let bases = self.factorization.bases.clone().autodiff().require_grad();
-        let hal_params = self
-            .factorization
-            .hallucinators
-            .as_ref()
-            .map(|h| h.params.clone().autodiff().require_grad());
-        let tracked = Factorization {
-            bases: bases.clone(),
-            labels: self.factorization.labels.clone(),
-            hallucinators: self
-                .factorization
-                .hallucinators
-                .as_ref()
-                .zip(hal_params.clone())
-                .map(|(h, params)| Hallucinators {
-                    shape: h.shape,
-                    params,
-                }),
-        };
+        let tracked = track(&self.factorization);
+        let learned: Vec<Tensor<1>> = self
+            .learned
+            .iter()
+            .map(|l| l.spec.value.clone().autodiff().require_grad())
+            .collect();
         let syn = Synthetic {
             fact: &tracked,
             classes: self.classes,
             per_class: self.bases_per_class,
             dsa: &self.dsa,
         };
-        let objective = self.objective.loss(&syn, data, &mut rng)?;
+        let out = self.objective.loss(&syn, &learned, data, &mut rng)?;
 
         // HaBa's diversity term: two different hallucinators on the same bases should look
         // different to the adversary.
-        let mut loss = objective.clone();
+        let mut loss = out.loss.clone();
         let mut diversity = None;
         if let Some(adv) = &self.adversary {
-            let (x0, x1) = self.pair(&tracked, bases.clone(), &mut rng)?;
+            let (x0, x1) = self.pair(&tracked, tracked.bases.clone(), &mut rng)?;
             let d = adv.diversity(x0, x1, &self.cfg.contrastive_weights);
             diversity = Some(d.clone().inner());
             loss = loss + d;
         }
-        let objective = objective.inner();
 
         let grads = loss.backward();
-        let g_bases = bases
-            .grad(&grads)
-            .ok_or_else(|| Error::NonFinite("no gradient reached the bases".into()))?;
+        let missing = |what: &str| Error::NonFinite(format!("no gradient reached the {what}"));
+        let g_bases = tracked.bases.grad(&grads).ok_or_else(|| missing("bases"))?;
         let (sgd, st) = &mut self.bases_opt;
         self.factorization.bases = sgd.step(self.factorization.bases.clone(), g_bases, st);
-        if let (Some(p), Some((sgd, st)), Some(hal)) = (
-            &hal_params,
+        if let (Some(t), Some((sgd, st)), Some(hal)) = (
+            &tracked.hallucinators,
             &mut self.hal_opt,
             &mut self.factorization.hallucinators,
         ) {
-            let g = p
+            let g = t
+                .params
                 .grad(&grads)
-                .ok_or_else(|| Error::NonFinite("no gradient reached the hallucinators".into()))?;
+                .ok_or_else(|| missing("hallucinators"))?;
             hal.params = sgd.step(hal.params.clone(), g, st);
         }
-        self.objective.update(&grads)?;
+        for (l, t) in self.learned.iter_mut().zip(&learned) {
+            l.step(t.grad(&grads).ok_or_else(|| missing(l.spec.name))?);
+        }
 
         // The adversary's own step, on a fresh pair of detached views.
         let mut adversary = None;
@@ -442,12 +445,21 @@ impl Distiller {
             adversary = Some(adv.step(x0, x1, labels, &self.cfg.contrastive_weights));
         }
         self.iteration += 1;
+
+        // The learned scalars after the step, then the objective's own.
+        let mut scalars: Vec<(&'static str, Tensor<1>)> = self
+            .learned
+            .iter()
+            .filter(|l| l.spec.value.dims() == [1])
+            .map(|l| (l.spec.name, l.spec.value.clone()))
+            .collect();
+        scalars.extend(out.scalars);
         Ok(PendingLosses {
-            objective,
+            objective: out.loss.inner(),
             diversity,
             adversary,
-            lr: self.objective.learned_lr(),
-            method: self.cfg.method,
+            scalars,
+            method: self.cfg.objective.name(),
             iteration: self.iteration,
         })
     }
@@ -469,6 +481,80 @@ impl Distiller {
         let x1 = fact.images(bases, &vec![k; n])?;
         Ok(augment_pair(&self.dsa, x0, x1, rng.next_u64()))
     }
+}
+
+/// The factorization's values on fresh leaves that track their gradients.
+fn track(f: &Factorization) -> Factorization {
+    Factorization {
+        bases: f.bases.clone().autodiff().require_grad(),
+        labels: f.labels.clone(),
+        hallucinators: f.hallucinators.as_ref().map(|h| Hallucinators {
+            shape: h.shape,
+            params: h.params.clone().autodiff().require_grad(),
+        }),
+    }
+}
+
+/// A run's starting set: bases from real images (or noise), sized to the budget when
+/// asked, and fresh hallucinators; with the bases per class.
+fn new_factorization(
+    cfg: &DistillConfig,
+    data: &Prepared,
+    rng: &mut Rng,
+) -> Result<(Factorization, usize)> {
+    let (classes, image) = (data.classes, data.shape);
+    let hal_shape = HallucinatorShape {
+        count: cfg.hallucinators,
+        basis_channels: if cfg.single_channel {
+            1
+        } else {
+            image.channels
+        },
+        channels: image.channels,
+        kernel: cfg.kernel,
+        height: image.height,
+        width: image.width,
+    };
+    if cfg.haba && (cfg.kernel > image.height || cfg.kernel > image.width) {
+        return Err(Error::Config(format!(
+            "`kernel = {}`: larger than the {}x{} images",
+            cfg.kernel, image.height, image.width
+        )));
+    }
+    let per_class = if cfg.haba && cfg.budget_equal {
+        budget_bases_per_class(cfg.ipc, image, classes, &hal_shape)?
+    } else {
+        cfg.ipc
+    };
+    let (channels, views, hal_floats) = if cfg.haba {
+        let (m, p) = (cfg.hallucinators as u128, hal_shape.num_params() as u128);
+        (hal_shape.basis_channels, m, p)
+    } else {
+        (image.channels, 1, 0)
+    };
+    // A lower bound on what a step holds: the bases with their gradient and momentum,
+    // the hallucinators likewise, and every image the bases make.
+    let sets = classes as u128 * per_class as u128;
+    let per_basis = (channels * image.height * image.width) as u128;
+    let floats = 3 * sets * per_basis + sets * views * image.numel() as u128 + 3 * hal_floats;
+    crate::device::fits_in_memory(Some(4 * floats)).map_err(|why| {
+        Error::Config(format!(
+            "`ipc = {}`: {per_class} bases per class for {classes} classes {why}: lower it",
+            cfg.ipc
+        ))
+    })?;
+    let (bases, labels) = init_bases(&data.train, classes, per_class, channels, cfg.init, rng)?;
+    let device = data.train.images.device();
+    let hallucinators = cfg.haba.then(|| Hallucinators {
+        shape: hal_shape,
+        params: hal_shape.init(rng, &device, cfg.near_identity),
+    });
+    let fact = Factorization {
+        bases,
+        labels,
+        hallucinators,
+    };
+    Ok((fact, per_class))
 }
 
 #[cfg(test)]
@@ -507,7 +593,9 @@ mod tests {
         let err = err.to_string();
         assert!(err.contains("less than one basis"), "{err}");
         assert!(
-            err.contains("--hallucinators 3 --single-channel`: it fits 1 one-channel basis"),
+            err.contains(
+                "`hallucinators = 3` with `single_channel = true`: it fits 1 one-channel basis"
+            ),
             "{err}"
         );
         // Fashion-MNIST at 1 image per class: one basis is the whole budget.
@@ -523,6 +611,6 @@ mod tests {
             ..hal(5, 1)
         };
         let err = budget_bases_per_class(1, fmnist, 10, &grey).unwrap_err();
-        assert!(err.to_string().contains("raise --ipc"), "{err}");
+        assert!(err.to_string().contains("raise `ipc`"), "{err}");
     }
 }

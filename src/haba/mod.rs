@@ -107,12 +107,25 @@ impl Factorization {
         self.images(Tensor::cat(vec![bases; m], 0), &h)
     }
 
-    /// Every training image (see [`Self::every_view`]), with their labels.
     /// How many hallucinators the set has (0 for a plain set of images).
     pub fn hallucinator_count(&self) -> usize {
         self.hallucinators.as_ref().map_or(0, |h| h.shape.count)
     }
 
+    /// The same values without any autodiff graph, on the backend underneath: what a
+    /// network trains on between the steps that learn the set.
+    pub fn detached(&self) -> Self {
+        Self {
+            bases: self.bases.clone().inner(),
+            labels: self.labels.clone(),
+            hallucinators: self.hallucinators.as_ref().map(|h| Hallucinators {
+                shape: h.shape,
+                params: h.params.clone().inner(),
+            }),
+        }
+    }
+
+    /// Every training image (see [`Self::every_view`]), with their labels.
     pub fn all_images(&self) -> Result<(Tensor<4>, Vec<u16>), crate::Error> {
         let m = self.hallucinator_count().max(1);
         let labels = (0..m).flat_map(|_| self.labels.iter().copied()).collect();

@@ -23,17 +23,22 @@ use super::cross_entropy;
 use super::layers::{Conv, EPS, NormLayer, take};
 use super::{Body, NetError, Network};
 
-/// Whether `net` can be a student: the ConvNet family without BatchNorm.
+/// Whether `net` can be a student (of MTT, or DC's matched network): the ConvNet family
+/// without BatchNorm, whose training step [`loss_and_grad`] writes out.
 pub fn check_student(net: &Network) -> Result<(), NetError> {
     match &net.body {
         Body::ConvNet(c) if c.cfg.norm != Norm::Batch => Ok(()),
         Body::ConvNet(_) => Err(NetError::Invalid(format!(
-            "{}: a trajectory-matching student cannot use BatchNorm (its running statistics \
-             are not part of the trajectory); use instance, group, layer or no norm",
+            "{}: a network whose training step is differentiated (MTT's student, DC's and \
+             DSA's network) cannot use BatchNorm here: its running statistics are not part \
+             of the step; use instance (ConvNet), group (ConvNetGN), layer (ConvNetLN) or no \
+             norm (ConvNetNN)",
             net.arch
         ))),
         _ => Err(NetError::Invalid(format!(
-            "{}: only the ConvNet family can be a trajectory-matching student",
+            "{}: only the ConvNet family (ConvNet, ConvNetW*, ConvNetD*, ConvNetIN/GN/LN/NN, \
+             ConvNetAS/AR/AL, ConvNetNP/MP/AP) can be a network whose training step is \
+             differentiated (MTT's student, DC's and DSA's network)",
             net.arch
         ))),
     }

@@ -130,7 +130,8 @@ fn draw_panel(area: &DrawingArea<BitMapBackend, Shift>, p: &Panel, x: Range<f64>
 }
 
 /// `curves.png`: the objective, the contrastive terms, the evaluation accuracy (mean ±
-/// std, in %) and the learned learning rate (MTT) against iteration, one panel each.
+/// std, in %) and each of the objective's own numbers (MTT's learned α) against
+/// iteration, one panel each, two panels a row.
 pub fn curves_png(curves: &Curves, title: &str) -> Result<Vec<u8>> {
     let accuracy: Vec<[f64; 2]> = curves
         .accuracy
@@ -138,20 +139,27 @@ pub fn curves_png(curves: &Curves, title: &str) -> Result<Vec<u8>> {
         .map(|&[i, a]| [i, 100.0 * a])
         .collect();
     let accuracy_std: Vec<f64> = curves.accuracy_std.iter().map(|s| 100.0 * s).collect();
-    let all = [
+    let last = [
         &curves.objective,
         &curves.diversity,
         &curves.adversary,
-        &curves.lr,
         &curves.accuracy,
-    ];
-    let last = all
-        .iter()
-        .flat_map(|s| s.iter())
-        .map(|q| q[0])
-        .fold(1.0, f64::max);
+    ]
+    .into_iter()
+    .chain(curves.scalars.values())
+    .flat_map(|s| s.iter())
+    .map(|q| q[0])
+    .fold(1.0, f64::max);
     let x = 0.0..last;
-    let panels = [
+    let titles: Vec<String> = curves
+        .scalars
+        .keys()
+        .map(|k| match k.as_str() {
+            "lr" => "learned learning rate α (lr)".to_string(),
+            k => k.replace('_', " "),
+        })
+        .collect();
+    let mut panels = vec![
         Panel {
             title: "objective",
             series: vec![("objective", &curves.objective, BLUE)],
@@ -170,16 +178,19 @@ pub fn curves_png(curves: &Curves, title: &str) -> Result<Vec<u8>> {
             series: vec![("mean ± std", &accuracy, MAGENTA)],
             bars: Some(&accuracy_std),
         },
-        Panel {
-            title: "learned learning rate α",
-            series: vec![("α", &curves.lr, BLACK)],
-            bars: None,
-        },
     ];
-    png(1200, 800, |root| {
+    for ((name, series), title) in curves.scalars.iter().zip(&titles) {
+        panels.push(Panel {
+            title,
+            series: vec![(name, series, BLACK)],
+            bars: None,
+        });
+    }
+    let rows = panels.len().div_ceil(2);
+    png(1200, 400 * rows as u32, |root| {
         root.fill(&WHITE).map_err(plot_error)?;
         let root = root.titled(title, (FONT, 22)).map_err(plot_error)?;
-        for (area, panel) in root.split_evenly((2, 2)).iter().zip(&panels) {
+        for (area, panel) in root.split_evenly((rows, 2)).iter().zip(&panels) {
             draw_panel(area, panel, x.clone())?;
         }
         Ok(())

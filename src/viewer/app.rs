@@ -14,6 +14,7 @@ use super::{Options, View};
 use crate::artifact::Artifact;
 use crate::data::Split;
 use crate::error::Result;
+use crate::report::Report;
 
 /// How often live mode looks at the run's files.
 const POLL: Duration = Duration::from_millis(1000);
@@ -69,7 +70,7 @@ pub struct App {
     /// True colour or stretched per image (the grids and the what-if row).
     display: Display,
     curves: Curves,
-    report: Option<serde_json::Value>,
+    report: Option<Report>,
     stamps: Stamps,
     last_poll: Instant,
     reloads: usize,
@@ -109,9 +110,9 @@ fn textures_of(ctx: &egui::Context, artifact: &Artifact, display: Display) -> Re
     })
 }
 
-fn read_report(source: &Source) -> Option<serde_json::Value> {
+fn read_report(source: &Source) -> Option<Report> {
     let text = std::fs::read_to_string(source.report()?).ok()?;
-    serde_json::from_str(&text).ok()
+    Report::from_json(&text).ok()
 }
 
 fn read_curves(source: &Source) -> Curves {
@@ -568,7 +569,7 @@ impl App {
         if let Some(s) = c.seconds {
             ui.label(format!("{} logged iterations, {s:.0} s", c.objective.len()));
         }
-        let plots = if c.lr.is_empty() { 3.0 } else { 4.0 };
+        let plots = 3.0 + c.scalars.len() as f32;
         let height = (ui.available_height() / plots - 20.0).max(120.0);
         ui.label("objective (the base method's loss)");
         Plot::new("objective")
@@ -593,12 +594,15 @@ impl App {
                 p.line(Line::new("accuracy", c.accuracy.clone()));
                 p.points(Points::new("evaluations", c.accuracy.clone()).radius(3.0));
             });
-        if !c.lr.is_empty() {
-            ui.label("learned learning rate α (MTT)");
-            Plot::new("lr")
+        for (name, series) in &c.scalars {
+            ui.label(match name.as_str() {
+                "lr" => "learned learning rate α (MTT)".to_string(),
+                other => format!("{} (the objective's own)", other.replace('_', " ")),
+            });
+            Plot::new(name)
                 .height(height)
                 .legend(Legend::default())
-                .show(ui, |p| p.line(Line::new("α", c.lr.clone())));
+                .show(ui, |p| p.line(Line::new(name.as_str(), series.clone())));
         }
     }
 
@@ -619,11 +623,9 @@ impl App {
                 ui.monospace(v);
                 ui.end_row();
             }
-            if let Some(r) = self.report.as_ref().and_then(|r| r.get("result")) {
-                let mean = r.get("mean").and_then(|m| m.as_f64()).unwrap_or(f64::NAN);
-                let std = r.get("std").and_then(|m| m.as_f64()).unwrap_or(f64::NAN);
-                ui.label("test accuracy");
-                ui.monospace(format!("{:.2}% ± {:.2}", mean * 100.0, std * 100.0));
+            for set in self.report.iter().flat_map(|r| &r.sets) {
+                ui.label(format!("test accuracy, {}", set.name));
+                ui.monospace(format!("{} %", set.result.percent()));
                 ui.end_row();
             }
         });
@@ -631,7 +633,7 @@ impl App {
         match &self.report {
             Some(r) => {
                 egui::ScrollArea::vertical().show(ui, |ui| {
-                    ui.monospace(serde_json::to_string_pretty(r).unwrap_or_default());
+                    ui.monospace(r.to_json());
                 });
             }
             None => {

@@ -66,7 +66,9 @@ impl Source {
     }
 
     pub fn report(&self) -> Option<PathBuf> {
-        self.run_dir.as_ref().map(|d| d.join("report.json"))
+        self.run_dir
+            .as_ref()
+            .map(|d| crate::report::RunDir::at(d).report())
     }
 }
 
