@@ -22,10 +22,10 @@ pub fn search(common: &Common) -> SearchPaths {
     SearchPaths::new(common.data_dir.clone())
 }
 
-/// Loads a dataset by name; `embedded` is the subset shipped inside the binary.
+/// Loads a dataset by name; the `embedded` ones are shipped inside the binary.
 pub fn load(common: &Common, name: &str) -> anyhow::Result<Dataset> {
-    if name == "embedded" {
-        return Ok(haba::data::embedded::fashion_mnist_subset()?);
+    if let Some(subset) = haba::data::embedded::by_name(name) {
+        return Ok(subset?);
     }
     let search = search(common);
     let bar = indicatif::ProgressBar::new_spinner();
@@ -65,10 +65,9 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         }
     }
     println!("{:<16} {:<10} location / description", "dataset", "status");
-    println!(
-        "{:<16} {:<10} Fashion-MNIST subset, 500 train + 100 test per class",
-        "embedded", "built in"
-    );
+    for (name, what) in haba::data::embedded::SUBSETS {
+        println!("{name:<16} {:<10} {what}", "built in");
+    }
     for status in haba::data::list(&search) {
         let (state, place) = match &status.found {
             Some(path) => ("found", path.display().to_string()),

@@ -56,6 +56,10 @@ pub struct Args {
     /// HaBa's hallucinator networks, shared by all classes (5).
     #[arg(long)]
     pub hallucinators: Option<usize>,
+    /// How the bases (or images) start: `real` (random real images of each class, the
+    /// default) or `noise` (standard normal, the reference DC's default).
+    #[arg(long)]
+    pub init: Option<haba::haba::BaseInit>,
     /// Hallucinator encoder/decoder kernel size, in pixels (3).
     #[arg(long)]
     pub kernel: Option<usize>,
@@ -204,6 +208,7 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
     cfg.near_identity |= args.near_identity;
     set(&mut cfg.hallucinators, args.hallucinators);
     set(&mut cfg.kernel, args.kernel);
+    set(&mut cfg.init, args.init);
     set(&mut cfg.preprocess, args.preprocess);
     set(&mut cfg.iterations, args.iterations);
     if args.lr_bases.is_some() {

@@ -15,6 +15,7 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("ipc", None, "--ipc"),
     ("hallucinators", None, "--hallucinators"),
     ("kernel", None, "--kernel"),
+    ("init", None, "--init"),
     ("iterations", None, "--iterations"),
     ("lr_bases", None, "--lr-bases"),
     ("lr_hallucinators", None, "--lr-hallucinators"),

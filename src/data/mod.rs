@@ -13,6 +13,7 @@ mod files;
 pub mod folder;
 pub mod idx;
 pub mod mat;
+pub mod packed;
 pub mod prepare;
 pub mod preprocess;
 pub mod registry;

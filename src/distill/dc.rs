@@ -38,7 +38,7 @@ use crate::data::{LabelledImages, Prepared};
 use crate::error::{Error, Result};
 use crate::haba::BaseInit;
 use crate::nets::student::{check_student, loss_and_grad};
-use crate::nets::{Arch, NetState, Network, ParamEntry};
+use crate::nets::{Arch, BnMode, NetState, Network, ParamEntry, cross_entropy};
 use crate::optim::Sgd;
 use crate::rng::Rng;
 use crate::train::{TrainConfig, Trainer};
@@ -424,9 +424,9 @@ impl Objective for Dc {
             let (real, s) = dsa.siamese(real, s, rng.next_u64());
             let label = [c as u16];
             let labels = label.repeat(real.dims()[0]);
-            let (loss, g) = loss_and_grad(&self.net, &params, real, &labels)?;
-            real_grads.push(g.inner());
-            real_losses.push(loss.inner());
+            let (loss, g) = real_gradient(&self.net, &params, real, &labels)?;
+            real_grads.push(g);
+            real_losses.push(loss);
             let n = s.dims()[0];
             syn_grads.push(loss_and_grad(&self.net, &params, s, &label.repeat(n))?.1);
         }
@@ -481,6 +481,24 @@ impl Objective for Dc {
         };
         Ok(())
     }
+}
+
+/// The cross-entropy of `net` on a real batch and its gradient with respect to `params`,
+/// both constants: one first-order backward of the network's forward (the fused CPU ops'
+/// own backward), cheaper than the differentiable gradient the synthetic side needs.
+fn real_gradient(
+    net: &Network,
+    params: &Tensor<1>,
+    images: Tensor<4>,
+    labels: &[u16],
+) -> Result<(Tensor<1>, Tensor<1>)> {
+    let p = params.clone().inner().autodiff().require_grad();
+    let logits = net.forward(&p, images.inner().autodiff(), BnMode::Batch);
+    let loss = cross_entropy(logits, labels);
+    let grad = p
+        .grad(&loss.backward())
+        .ok_or_else(|| Error::NonFinite("no gradient reached the network".into()))?;
+    Ok((loss.inner(), grad))
 }
 
 /// The matching distance between synthetic and real gradients, `[classes, P]` each (rows

@@ -68,6 +68,19 @@ pub enum BaseInit {
     Noise,
 }
 
+impl std::str::FromStr for BaseInit {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self, crate::Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "real" => Ok(BaseInit::Real),
+            "noise" => Ok(BaseInit::Noise),
+            _ => Err(crate::Error::Config(format!(
+                "`init = {s:?}`: use `real` or `noise`"
+            ))),
+        }
+    }
+}
+
 impl Factorization {
     /// Number of bases (or plain images).
     pub fn len(&self) -> usize {
