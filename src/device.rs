@@ -10,31 +10,143 @@ use burn::tensor::wgpu::WgpuSetup;
 
 use crate::error::{Error, Result};
 
-/// What the user asked for with `--device`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// What the user asked for with `device`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceChoice {
     /// A hardware GPU adapter when one exists, otherwise the CPU backend.
     #[default]
     Auto,
-    /// Any wgpu adapter, software ones (lavapipe, SwiftShader) included.
-    Gpu,
+    /// Any wgpu adapter, software ones (lavapipe, SwiftShader) included, on the graphics
+    /// API named, else on those [`GraphicsApi::requested`] lists.
+    Gpu(Option<GraphicsApi>),
     /// Burn's `flex` CPU backend.
     Cpu,
     /// NVIDIA GPU through CUDA (needs the `cuda` cargo feature).
     Cuda,
 }
 
+/// A graphics API wgpu runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphicsApi {
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+    WebGpu,
+}
+
+impl GraphicsApi {
+    const ALL: [GraphicsApi; 5] = [
+        GraphicsApi::Vulkan,
+        GraphicsApi::Metal,
+        GraphicsApi::Dx12,
+        GraphicsApi::Gl,
+        GraphicsApi::WebGpu,
+    ];
+
+    /// The name `gpu:NAME` and `WGPU_BACKEND` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vulkan => "vulkan",
+            Self::Metal => "metal",
+            Self::Dx12 => "dx12",
+            Self::Gl => "gl",
+            Self::WebGpu => "webgpu",
+        }
+    }
+
+    /// The APIs tried, best first, when none is named: the platform's own, Metal on
+    /// macOS, Vulkan then DX12 elsewhere. OpenGL only when named: probing it opens the
+    /// windowing system, which on a machine without a display prints errors of its own
+    /// (`XDG_RUNTIME_DIR is invalid or not set`) and finds nothing a compute job wants.
+    pub fn preferred() -> &'static [GraphicsApi] {
+        if cfg!(target_arch = "wasm32") {
+            &[GraphicsApi::WebGpu]
+        } else if cfg!(target_os = "macos") {
+            &[GraphicsApi::Metal]
+        } else {
+            &[GraphicsApi::Vulkan, GraphicsApi::Dx12]
+        }
+    }
+
+    /// The APIs to try: `named`, else those the `WGPU_BACKEND` environment variable
+    /// lists (wgpu's own, comma-separated), else [`GraphicsApi::preferred`].
+    pub fn requested(named: Option<GraphicsApi>) -> Result<Vec<GraphicsApi>> {
+        if let Some(api) = named {
+            return Ok(vec![api]);
+        }
+        match std::env::var("WGPU_BACKEND") {
+            Ok(list) if !list.trim().is_empty() => list
+                .split(',')
+                .map(|name| {
+                    name.parse().map_err(|e: Error| {
+                        Error::Device(format!("the environment variable WGPU_BACKEND: {e}"))
+                    })
+                })
+                .collect(),
+            _ => Ok(Self::preferred().to_vec()),
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn wgpu(self) -> burn::tensor::wgpu::WgpuBackend {
+        use burn::tensor::wgpu::WgpuBackend;
+        match self {
+            Self::Vulkan => WgpuBackend::Vulkan,
+            Self::Metal => WgpuBackend::Metal,
+            Self::Dx12 => WgpuBackend::Dx12,
+            Self::Gl => WgpuBackend::Gl,
+            Self::WebGpu => WgpuBackend::WebGpu,
+        }
+    }
+}
+
+impl FromStr for GraphicsApi {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        let lower = match lower.as_str() {
+            "opengl" | "gles" => "gl",
+            "browser" | "browserwebgpu" => "webgpu",
+            "d3d12" | "directx" => "dx12",
+            other => other,
+        };
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == lower)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown graphics API `{s}`: use vulkan, metal, dx12, gl or webgpu"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for GraphicsApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Vulkan => "Vulkan",
+            Self::Metal => "Metal",
+            Self::Dx12 => "DX12",
+            Self::Gl => "OpenGL",
+            Self::WebGpu => "WebGPU",
+        })
+    }
+}
+
 impl FromStr for DeviceChoice {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "gpu" | "wgpu" => Ok(Self::Gpu),
-            "cpu" | "flex" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
+        let lower = s.to_ascii_lowercase();
+        match lower.split_once(':') {
+            Some(("gpu" | "wgpu", api)) => Ok(Self::Gpu(Some(api.parse()?))),
+            None if lower == "auto" => Ok(Self::Auto),
+            None if lower == "gpu" || lower == "wgpu" => Ok(Self::Gpu(None)),
+            None if lower == "cpu" || lower == "flex" => Ok(Self::Cpu),
+            None if lower == "cuda" => Ok(Self::Cuda),
             _ => Err(Error::Config(format!(
-                "unknown device `{s}`: use auto, gpu, cpu or cuda"
+                "unknown device `{s}`: use auto, gpu, gpu:vulkan (metal, dx12, gl, webgpu), \
+                 cpu or cuda"
             ))),
         }
     }
@@ -42,12 +154,13 @@ impl FromStr for DeviceChoice {
 
 impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::Gpu => "gpu",
-            Self::Cpu => "cpu",
-            Self::Cuda => "cuda",
-        })
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Gpu(None) => f.write_str("gpu"),
+            Self::Gpu(Some(api)) => write!(f, "gpu:{}", api.name()),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda => f.write_str("cuda"),
+        }
     }
 }
 
@@ -83,29 +196,40 @@ struct WgpuAdapter {
     software: bool,
 }
 
+/// The process's wgpu adapter: the first of `apis` that opens one, on the first call
+/// (Burn's wgpu runtime can be initialised only once; later calls get the same one).
 #[cfg(not(target_arch = "wasm32"))]
-fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
+fn wgpu_adapter(apis: &[GraphicsApi]) -> &'static std::result::Result<WgpuAdapter, String> {
     static ADAPTER: std::sync::OnceLock<std::result::Result<WgpuAdapter, String>> =
         std::sync::OnceLock::new();
     ADAPTER.get_or_init(|| {
-        let (device, setup) = Device::wgpu_options()
-            .init_with_setup()
-            .map_err(|e| e.to_string())?;
-        let info = setup.adapter.get_info();
-        let software = info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
-        Ok(WgpuAdapter {
-            device,
-            setup,
-            name: format!("wgpu: {} ({:?})", info.name, info.backend),
-            software,
-        })
+        let mut failed = Vec::new();
+        for &api in apis {
+            let opened = Device::wgpu_options()
+                .graphics_api(api.wgpu())
+                .init_with_setup();
+            match opened {
+                Ok((device, setup)) => {
+                    let info = setup.adapter.get_info();
+                    let software = info.device_type == burn::tensor::wgpu::wgpu::DeviceType::Cpu;
+                    return Ok(WgpuAdapter {
+                        device,
+                        setup,
+                        name: format!("wgpu on {api}: {}", info.name),
+                        software,
+                    });
+                }
+                Err(e) => failed.push(format!("{api}: {e}")),
+            }
+        }
+        Err(failed.join("; "))
     })
 }
 
-/// The process-wide wgpu device (any adapter, software ones included). Everything that
-/// wants wgpu goes through here: Burn's wgpu runtime can be initialised only once.
+/// The process-wide wgpu device (any adapter, software ones included) on the APIs
+/// [`GraphicsApi::requested`] lists. Everything that wants wgpu goes through here.
 pub fn wgpu_device() -> Result<Device> {
-    wgpu_adapter()
+    wgpu_adapter(&GraphicsApi::requested(None)?)
         .as_ref()
         .map(|a| a.device.clone())
         .map_err(|e| Error::Device(format!("no wgpu adapter could be opened: {e}")))
@@ -115,7 +239,7 @@ pub fn wgpu_device() -> Result<Device> {
 /// adapter, device, queue), so a renderer can draw on the very device Burn computes on.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn wgpu_setup() -> Result<(Device, WgpuSetup)> {
-    wgpu_adapter()
+    wgpu_adapter(&GraphicsApi::requested(None)?)
         .as_ref()
         .map(|a| (a.device.clone(), a.setup.clone()))
         .map_err(|e| Error::Device(format!("no wgpu adapter could be opened: {e}")))
@@ -145,7 +269,7 @@ static BROWSER_ADAPTER: std::sync::OnceLock<std::result::Result<WgpuAdapter, Str
     std::sync::OnceLock::new();
 
 #[cfg(target_arch = "wasm32")]
-fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
+fn wgpu_adapter(_apis: &[GraphicsApi]) -> &'static std::result::Result<WgpuAdapter, String> {
     static NOT_YET: std::result::Result<WgpuAdapter, String> = Err(String::new());
     BROWSER_ADAPTER.get().unwrap_or(&NOT_YET)
 }
@@ -156,7 +280,9 @@ fn wgpu_adapter() -> &'static std::result::Result<WgpuAdapter, String> {
 /// the reason says so), and otherwise the CPU backend, saying why.
 #[cfg(target_arch = "wasm32")]
 pub async fn select_async(choice: DeviceChoice, seed: u64) -> Result<Selected> {
-    if matches!(choice, DeviceChoice::Gpu | DeviceChoice::Auto) && BROWSER_ADAPTER.get().is_none() {
+    if matches!(choice, DeviceChoice::Gpu(_) | DeviceChoice::Auto)
+        && BROWSER_ADAPTER.get().is_none()
+    {
         let opened = match Device::wgpu_options().init_with_setup_async().await {
             Ok((device, setup)) => {
                 let info = setup.adapter.get_info();
@@ -175,8 +301,8 @@ pub async fn select_async(choice: DeviceChoice, seed: u64) -> Result<Selected> {
         };
         let _ = BROWSER_ADAPTER.set(opened);
     }
-    match (choice, wgpu_adapter()) {
-        (DeviceChoice::Auto | DeviceChoice::Gpu, Ok(a)) => {
+    match (choice, wgpu_adapter(&[])) {
+        (DeviceChoice::Auto | DeviceChoice::Gpu(_), Ok(a)) => {
             let selected = Selected {
                 device: a.device.clone(),
                 backend: BackendKind::Wgpu,
@@ -216,9 +342,17 @@ fn flex(reason: String) -> Selected {
 /// Opens the device the user asked for, and seeds Burn's own generator with `seed`
 /// (our code draws its random numbers from [`crate::rng::Rng`]; this covers Burn's).
 pub fn select(choice: DeviceChoice, seed: u64) -> Result<Selected> {
+    let apis = GraphicsApi::requested(match choice {
+        DeviceChoice::Gpu(api) => api,
+        _ => None,
+    })?;
+    let tried = || {
+        let names: Vec<String> = apis.iter().map(ToString::to_string).collect();
+        names.join(" or ")
+    };
     let selected = match choice {
         DeviceChoice::Cpu => flex("asked for with `device = cpu`".into()),
-        DeviceChoice::Gpu => match wgpu_adapter() {
+        DeviceChoice::Gpu(_) => match wgpu_adapter(&apis) {
             #[cfg(target_arch = "wasm32")]
             Err(e) if e.is_empty() => {
                 return Err(Error::Device(
@@ -230,22 +364,26 @@ pub fn select(choice: DeviceChoice, seed: u64) -> Result<Selected> {
                 backend: BackendKind::Wgpu,
                 name: a.name.clone(),
                 reason: if a.software {
-                    "asked for with `device = gpu` (a software adapter: expect it to be slow)"
-                        .into()
+                    format!(
+                        "asked for with `device = {choice}` (a software adapter: expect it to \
+                         be slow)"
+                    )
                 } else {
-                    "asked for with `device = gpu`".into()
+                    format!("asked for with `device = {choice}`")
                 },
             },
             Err(e) => {
                 return Err(Error::Device(format!(
-                    "no GPU adapter could be opened ({e}). Install a Vulkan, Metal or DX12 \
-                     driver (on Linux without a GPU, Mesa's lavapipe: package \
-                     mesa-vulkan-drivers), or use `device = cpu`"
+                    "no GPU adapter could be opened on {} ({e}). Install a Vulkan, Metal or \
+                     DX12 driver (on Linux without a GPU, Mesa's lavapipe: package \
+                     mesa-vulkan-drivers), name another API (`device = gpu:gl`), or use \
+                     `device = cpu`",
+                    tried()
                 )));
             }
         },
         DeviceChoice::Cuda => cuda()?,
-        DeviceChoice::Auto => match wgpu_adapter() {
+        DeviceChoice::Auto => match wgpu_adapter(&apis) {
             Ok(a) if !a.software => Selected {
                 device: a.device.clone(),
                 backend: BackendKind::Wgpu,
@@ -256,7 +394,7 @@ pub fn select(choice: DeviceChoice, seed: u64) -> Result<Selected> {
                 "auto: the only GPU adapter is a software one ({}), slower than the CPU backend",
                 a.name
             )),
-            Err(_) => flex("auto: no GPU adapter was found".into()),
+            Err(_) => flex(format!("auto: no GPU adapter was found on {}", tried())),
         },
     };
     selected.device.seed(seed);
@@ -268,15 +406,26 @@ fn cuda() -> Result<Selected> {
     // Burn's CUDA runtime loads the driver lazily; probe it so a missing driver is an
     // error here rather than a panic inside the first kernel.
     let device = Device::cuda(0);
+    // The runtime panics where it finds no driver; its message is replaced by ours, so
+    // the default hook (which would print it) is set aside for the probe.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let probe = std::panic::catch_unwind(|| {
         burn::tensor::Tensor::<1>::zeros([1], &device).into_scalar::<f32>()
     });
-    if probe.is_err() {
-        return Err(Error::Device(
-            "CUDA device 0 could not be used: is an NVIDIA driver installed? \
-             Use `device = gpu` or `device = cpu` otherwise"
-                .into(),
-        ));
+    std::panic::set_hook(hook);
+    if let Err(panic) = probe {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no reason given");
+        return Err(Error::Device(format!(
+            "CUDA device 0 could not be used: no NVIDIA GPU or driver answered (the CUDA \
+             runtime reported `{}`). Install the NVIDIA driver, or use `device = gpu` or \
+             `device = cpu`",
+            why.lines().next().unwrap_or(why)
+        )));
     }
     Ok(Selected {
         device: Device::cuda(0),
@@ -358,10 +507,32 @@ mod tests {
 
     #[test]
     fn parses_choices_and_rejects_others() {
-        assert_eq!("GPU".parse::<DeviceChoice>().unwrap(), DeviceChoice::Gpu);
+        assert_eq!(
+            "GPU".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Gpu(None)
+        );
         assert_eq!("cpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
+        for (name, api) in [
+            ("gpu:vulkan", GraphicsApi::Vulkan),
+            ("gpu:Metal", GraphicsApi::Metal),
+            ("gpu:dx12", GraphicsApi::Dx12),
+            ("gpu:gl", GraphicsApi::Gl),
+            ("wgpu:webgpu", GraphicsApi::WebGpu),
+        ] {
+            let choice = name.parse::<DeviceChoice>().unwrap();
+            assert_eq!(choice, DeviceChoice::Gpu(Some(api)));
+            assert_eq!(choice.to_string().parse::<DeviceChoice>().unwrap(), choice);
+        }
         let err = "tpu".parse::<DeviceChoice>().unwrap_err().to_string();
         assert!(err.contains("tpu") && err.contains("auto"), "{err}");
+        let err = "gpu:glide".parse::<DeviceChoice>().unwrap_err().to_string();
+        assert!(err.contains("glide") && err.contains("vulkan"), "{err}");
+        // Without a named API: the platform's own, OpenGL never among them.
+        assert_eq!(
+            GraphicsApi::requested(Some(GraphicsApi::Gl)).unwrap(),
+            [GraphicsApi::Gl]
+        );
+        assert!(!GraphicsApi::preferred().contains(&GraphicsApi::Gl));
     }
 
     #[test]
@@ -373,6 +544,23 @@ mod tests {
             Tensor::<1>::random([8], Distribution::Default, &s.device).into_data()
         };
         assert_eq!(draw(), draw());
+    }
+
+    /// Without an NVIDIA driver (the machines this project is built on), `cuda` is an
+    /// error that says so; and CUDA devices take the tensor-op path of the hallucinators'
+    /// modulation (WGSL kernels launch on wgpu only), which its tests check against.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_without_a_driver_is_an_error_and_modulates_with_tensor_ops() {
+        assert!(!crate::kernels::wgsl_kernels_available(&Device::cuda(0)));
+        if std::path::Path::new("/proc/driver/nvidia").exists() {
+            return;
+        }
+        let err = select(DeviceChoice::Cuda, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("NVIDIA") && err.contains("device = cpu"),
+            "{err}"
+        );
     }
 
     #[cfg(not(feature = "cuda"))]

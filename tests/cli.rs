@@ -20,6 +20,64 @@ fn temp_dir(tag: &str) -> PathBuf {
     common::scratch(&format!("cli-{tag}"))
 }
 
+#[cfg(target_os = "linux")]
+/// On a headless Linux machine (no `XDG_RUNTIME_DIR`) opening the GPU prints nothing but
+/// the device line, which names the graphics API wgpu runs on.
+#[test]
+fn the_device_line_names_the_api_and_nothing_else_is_printed() {
+    let dir = temp_dir("device-line");
+    let out = Command::new(env!("CARGO_BIN_EXE_haba"))
+        .args([
+            "eval",
+            "--dataset",
+            "embedded",
+            "--random-real",
+            "1",
+            "--nets",
+            "1",
+            "--epochs",
+            "1",
+            "--device",
+            "auto",
+        ])
+        .env("HABA_DATA", &dir)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(!t.contains("XDG_RUNTIME_DIR"), "{t}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("device: "),
+        "the device line comes first: {t}"
+    );
+    if first.contains("wgpu") {
+        assert!(first.contains("wgpu on Vulkan"), "{first}");
+    }
+    // A named API that does not exist here is an error naming it.
+    let out = haba(
+        &[
+            "eval",
+            "--dataset",
+            "embedded",
+            "--random-real",
+            "1",
+            "--device",
+            "gpu:metal",
+        ],
+        &dir,
+    );
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("Metal") && !t.contains("panicked"),
+        "{t}"
+    );
+}
+
 #[test]
 fn datasets_lists_every_known_dataset_and_the_search_path() {
     let dir = temp_dir("list");
@@ -249,7 +307,7 @@ fn bad_input_gets_a_clear_error() {
             &["fewer than the 501"],
         ),
         (&["eval", "--model", "ConvNetQQ", "--whole"], &["ConvNetQQ"]),
-        (&["--device", "tpu"], &["tpu", "auto, gpu, cpu or cuda"]),
+        (&["--device", "tpu"], &["tpu", "auto, gpu, gpu:vulkan"]),
     ];
     for (args, needles) in cases {
         let out = haba(args, &dir);

@@ -74,7 +74,8 @@ pub struct Args {
     /// `all` (all).
     #[arg(long)]
     pub views: Option<Views>,
-    /// Preprocessing fitted on the train split: meanstd (the default), zca (eps 0.1) or zca:EPS.
+    /// Preprocessing fitted on the train split: meanstd, zca (eps 0.1) or zca:EPS (default:
+    /// MTT's buffer's, meanstd for the other methods).
     #[arg(long)]
     pub preprocess: Option<NormKind>,
     /// Distillation steps, one update of the set each (20,000; MTT presets 15,000; DC/DSA
@@ -209,7 +210,9 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
     set(&mut cfg.hallucinators, args.hallucinators);
     set(&mut cfg.kernel, args.kernel);
     set(&mut cfg.init, args.init);
-    set(&mut cfg.preprocess, args.preprocess);
+    if args.preprocess.is_some() {
+        cfg.preprocess = args.preprocess;
+    }
     set(&mut cfg.iterations, args.iterations);
     if args.lr_bases.is_some() {
         cfg.lr_bases = args.lr_bases;
@@ -236,7 +239,17 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
         cfg.seed = seed;
     }
     cfg.validate()?;
+    // The run records the preprocessing it uses (MTT's buffer's unless told).
+    cfg.preprocess = Some(cfg.preprocessing()?);
     Ok(cfg)
+}
+
+/// The library's cautions about these settings on this data, in flags.
+pub fn cautions(cfg: &DistillConfig, data: &haba::data::Dataset) -> Vec<String> {
+    cfg.cautions(data.shape)
+        .iter()
+        .map(|c| super::flags::phrase(c))
+        .collect()
 }
 
 /// Overrides `slot` when the flag was given.
@@ -408,7 +421,10 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         }
     };
     let dataset = super::datasets::load(common, &cfg.dataset)?;
-    let prepared = Prepared::new(&dataset, cfg.preprocess, &selected.device)
+    for line in cautions(&cfg, &dataset) {
+        eprintln!("warning: {line}");
+    }
+    let prepared = Prepared::new(&dataset, cfg.preprocessing()?, &selected.device)
         .with_context(|| format!("preprocessing {}", dataset.name))?;
     let mut distiller = match &args.resume {
         Some(_) => {

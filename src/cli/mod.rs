@@ -24,13 +24,19 @@ use haba::device::{DeviceChoice, Selected};
     version,
     about = "Dataset distillation via factorization (HaBa) on any WebGPU device",
     long_about = "Dataset distillation via factorization (HaBa) on any WebGPU device.\n\n\
-                  Without a command, runs the main job: HaBa-DM, DM and random real images \
-                  at equal storage on Fashion-MNIST (the embedded subset, or the full set \
-                  when found)."
+                  Without a command, runs the main job: HaBa-DM and HaBa-MTT beside DM, MTT \
+                  and random real images at equal storage, on the CIFAR-10 subset built \
+                  into the binary (or --dataset NAME: `haba --dataset fashion-mnist` runs \
+                  the grey job).",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(flatten)]
     pub common: Common,
+    /// The main job's dataset (default: embedded-cifar10, the CIFAR-10 subset built in;
+    /// `embedded` or `fashion-mnist` for the grey job).
+    #[arg(long)]
+    pub dataset: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -41,7 +47,8 @@ pub struct Common {
     /// Seed for every random draw (default 0): the same seed on the same device repeats a run.
     #[arg(long, global = true)]
     pub seed: Option<u64>,
-    /// auto (a hardware GPU if present, else CPU), gpu (any wgpu adapter), cpu, cuda.
+    /// auto (a hardware GPU if present, else CPU), gpu (any wgpu adapter on the platform's
+    /// API, or WGPU_BACKEND's), gpu:vulkan|metal|dx12|gl|webgpu, cpu, cuda.
     #[arg(long, global = true, default_value = "auto")]
     pub device: DeviceChoice,
     /// Directory searched first for datasets (then $HABA_DATA, ./data, system locations).
@@ -99,7 +106,7 @@ pub struct CompletionsArgs {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        None => demo::run(&cli.common),
+        None => demo::run(&cli.common, cli.dataset.as_deref()),
         Some(Command::Bench(args)) => bench::run(&cli.common, args),
         Some(Command::Buffer(args)) => buffer::run(&cli.common, args),
         Some(Command::Datasets(args)) => datasets::run(&cli.common, args),

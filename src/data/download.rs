@@ -332,7 +332,16 @@ fn fetch_to(url: &str, part: &Path, expected: Checksum<'_>) -> Result<(), DataEr
         url: url.to_string(),
         reason,
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder();
+    // The platform's TLS and its root certificates where the build uses them (Cargo.toml).
+    #[cfg(any(target_os = "macos", target_os = "windows"))]
+    let config = config.tls_config(
+        ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::NativeTls)
+            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+            .build(),
+    );
+    let agent: ureq::Agent = config
         // Report statuses ourselves, with the URL.
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(30)))

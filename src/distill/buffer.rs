@@ -224,21 +224,7 @@ impl Trajectory {
 
     /// Reads bytes from [`Trajectory::to_bytes`], checking the tensor against the layout.
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| format!("not a readable safetensors file: {e}"))?;
-        let meta = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(META_KEY))
-            .ok_or("no expert metadata: not a file written by `haba buffer`")?;
-        let meta: ExpertMeta =
-            serde_json::from_str(meta).map_err(|e| format!("expert metadata: {e}"))?;
-        if meta.format_version != FORMAT_VERSION {
-            return Err(format!(
-                "expert format version {}, this haba reads {FORMAT_VERSION}",
-                meta.format_version
-            ));
-        }
+        let meta = meta_of(bytes)?;
         let file = SafeTensors::deserialize(bytes)
             .map_err(|e| format!("not a readable safetensors file: {e}"))?;
         let t = file
@@ -264,6 +250,33 @@ impl Trajectory {
         let epochs = values.chunks(p.max(1)).map(<[f32]>::to_vec).collect();
         Ok(Self { meta, epochs })
     }
+}
+
+const NO_META: &str = "no expert metadata: not a file written by the buffer command";
+
+/// An expert file's metadata, from its bytes.
+fn meta_of(bytes: &[u8]) -> std::result::Result<ExpertMeta, String> {
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a readable safetensors file: {e}"))?;
+    let meta = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or(NO_META)?;
+    parse_meta(meta)
+}
+
+/// The metadata entry of an expert file, checked for its format version.
+fn parse_meta(meta: &str) -> std::result::Result<ExpertMeta, String> {
+    let meta: ExpertMeta =
+        serde_json::from_str(meta).map_err(|e| format!("expert metadata: {e}"))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(format!(
+            "expert format version {}, this haba reads {FORMAT_VERSION}",
+            meta.format_version
+        ));
+    }
+    Ok(meta)
 }
 
 /// The file of expert `index` in `dir`.
@@ -359,22 +372,38 @@ pub fn write_expert(dir: &Path, t: &Trajectory) -> Result<()> {
     write_atomic(&expert_path(dir, t.meta.index), &t.to_bytes()?)
 }
 
-/// Every expert in `dir` (the union of its shards), checked against what the run needs.
-pub fn read_buffer(dir: &Path, want: &BufferKey) -> Result<Vec<Trajectory>> {
-    read(dir, want, Some(want.model))
-}
-
-/// [`read_buffer`] for a run that takes the buffer's model, whatever it is (every expert
-/// must still share it).
-pub fn read_buffer_any_model(dir: &Path, want: &BufferKey) -> Result<Vec<Trajectory>> {
-    read(dir, want, None)
-}
-
-fn read(dir: &Path, want: &BufferKey, mut model: Option<Arch>) -> Result<Vec<Trajectory>> {
+/// What the first expert of `dir` says about itself (the buffer's data, preprocessing and
+/// network), read from its header alone.
+pub fn buffer_meta(dir: &Path) -> Result<ExpertMeta> {
+    let path = expert_paths(dir)?.remove(0);
     let fail = |reason: String| Error::Artifact {
-        path: dir.to_path_buf(),
+        path: path.clone(),
         reason,
     };
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::File::open(&path).map_err(io)?;
+    let mut len = [0u8; 8];
+    std::io::Read::read_exact(&mut file, &mut len).map_err(io)?;
+    let n = u64::from_le_bytes(len);
+    // safetensors caps its header at 100 MB; an expert's is a few kB.
+    if n > 100 << 20 {
+        return Err(fail(format!("a safetensors header of {n} bytes")));
+    }
+    let mut head = vec![0; n as usize];
+    std::io::Read::read_exact(&mut file, &mut head).map_err(io)?;
+    let header: serde_json::Value = serde_json::from_slice(&head)
+        .map_err(|e| fail(format!("not a readable safetensors header: {e}")))?;
+    let meta = header["__metadata__"][META_KEY]
+        .as_str()
+        .ok_or_else(|| fail(NO_META.into()))?;
+    parse_meta(meta).map_err(fail)
+}
+
+/// The expert files of `dir`, in order; an error when there are none.
+fn expert_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
         path: dir.to_path_buf(),
         source,
@@ -389,10 +418,27 @@ fn read(dir: &Path, want: &BufferKey, mut model: Option<Arch>) -> Result<Vec<Tra
         .collect();
     paths.sort();
     if paths.is_empty() {
-        return Err(fail(
-            "no expert-*.safetensors files: train experts into it first".into(),
-        ));
+        return Err(Error::Artifact {
+            path: dir.to_path_buf(),
+            reason: "no expert-*.safetensors files: train experts into it first".into(),
+        });
     }
+    Ok(paths)
+}
+
+/// Every expert in `dir` (the union of its shards), checked against what the run needs.
+pub fn read_buffer(dir: &Path, want: &BufferKey) -> Result<Vec<Trajectory>> {
+    read(dir, want, Some(want.model))
+}
+
+/// [`read_buffer`] for a run that takes the buffer's model, whatever it is (every expert
+/// must still share it).
+pub fn read_buffer_any_model(dir: &Path, want: &BufferKey) -> Result<Vec<Trajectory>> {
+    read(dir, want, None)
+}
+
+fn read(dir: &Path, want: &BufferKey, mut model: Option<Arch>) -> Result<Vec<Trajectory>> {
+    let paths = expert_paths(dir)?;
     let mut experts: Vec<Trajectory> = Vec::with_capacity(paths.len());
     for path in &paths {
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
@@ -467,6 +513,35 @@ mod tests {
         let back = read_buffer(&dir, &key).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].epochs, t.epochs);
+        // The header alone says what the buffer is; an MTT run without a preprocessing
+        // of its own takes the buffer's.
+        assert_eq!(buffer_meta(&dir).unwrap(), t.meta);
+        let zca_dir = dir.with_extension("zca");
+        let _ = std::fs::remove_dir_all(&zca_dir);
+        let mut zca = t.clone();
+        zca.meta.key.preprocess = NormKind::zca();
+        write_expert(&zca_dir, &zca).unwrap();
+        let run = |buffer: &Path, preprocess| crate::distill::DistillConfig {
+            preprocess,
+            objective: crate::distill::ObjectiveConfig::Mtt(crate::distill::MttConfig {
+                buffer: buffer.to_string_lossy().into_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            run(&zca_dir, None).preprocessing().unwrap(),
+            NormKind::zca()
+        );
+        assert_eq!(
+            run(&zca_dir, Some(NormKind::MeanStd))
+                .preprocessing()
+                .unwrap(),
+            NormKind::MeanStd
+        );
+        let err = run(&dir.join("nothing"), None).preprocessing().unwrap_err();
+        assert!(err.to_string().contains("nothing"), "{err}");
+        let _ = std::fs::remove_dir_all(&zca_dir);
         assert_eq!(back[0].meta, t.meta);
 
         let other = BufferKey {

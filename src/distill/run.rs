@@ -92,7 +92,7 @@ pub fn evaluated_set(d: &Distiller, name: &str, result: EvalResult) -> Evaluated
 /// first among the sets (callers add baselines after it).
 pub fn report_of(d: &Distiller, dataset: &Dataset, device: &str, result: EvalResult) -> Report {
     let mut report = Report::new(&dataset.name, &dataset.classes, device, d.cfg.seed);
-    report.preprocess = Some(d.cfg.preprocess);
+    report.preprocess = d.cfg.preprocess;
     report.distillation = Some(Distillation {
         method: d.cfg.label(),
         iterations: d.iteration,

@@ -247,7 +247,7 @@ impl Distiller {
         cfg.validate()?;
         let source = Source {
             dataset: &cfg.dataset,
-            preprocess: cfg.preprocess,
+            preprocess: cfg.preprocessing()?,
         };
         let objective = cfg.objective.init(cfg.ipc, data, source)?;
         Self::with_objective(cfg, data, objective)

@@ -34,7 +34,7 @@ impl Distilling {
             seed,
             ..DistillConfig::preset("quick").map_err(js)?
         };
-        let data = Prepared::new(subset, cfg.preprocess, device).map_err(js)?;
+        let data = Prepared::new(subset, cfg.preprocessing().map_err(js)?, device).map_err(js)?;
         let distiller = Distiller::new(cfg, &data).map_err(js)?;
         Ok(Self {
             distiller,
