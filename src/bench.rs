@@ -254,6 +254,62 @@ impl Measurement {
     }
 }
 
+/// The CPU a benchmark ran on, and which SIMD kernels its matrix products (gemm's,
+/// shared by Burn's CPU backend and our fused convolution) chose at run time: numbers
+/// from an AVX-512 machine say little about an AVX2-only one or Apple silicon.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cpu {
+    /// The model name the operating system reports ("unknown" where it is not read).
+    pub model: String,
+    /// The widest kernels gemm takes here: "AVX-512", "AVX2+FMA", "NEON", or "scalar/SSE".
+    pub kernels: String,
+}
+
+impl Cpu {
+    pub fn detect() -> Self {
+        Self {
+            model: cpu_model().unwrap_or_else(|| "unknown".into()),
+            kernels: simd_kernels().into(),
+        }
+    }
+}
+
+impl fmt::Display for Cpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} kernels)", self.model, self.kernels)
+    }
+}
+
+/// `model name` of /proc/cpuinfo (Linux); None elsewhere.
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, name)| name.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// gemm's own choice: its x86-v4 kernels (built in on x86-64, see Cargo.toml) need
+/// AVX-512F, its x86-v3 ones AVX2 and FMA; on aarch64 it uses NEON.
+fn simd_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "AVX2+FMA";
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return "NEON";
+        }
+    }
+    "scalar/SSE"
+}
+
 /// The median of `v` (0 when empty).
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();

@@ -611,7 +611,7 @@ pub mod curves;
 pub mod layout;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod plot;
-mod run_dir;
+pub(crate) mod run_dir;
 mod schema;
 
 pub use run_dir::{

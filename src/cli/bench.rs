@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use haba::bench::{BenchSettings, Measurement, Unit, median};
+use haba::bench::{BenchSettings, Cpu, Measurement, Unit, median};
 use haba::device::BackendKind;
 use haba::distill::Unroll;
 use serde::{Deserialize, Serialize};
@@ -96,9 +96,19 @@ struct Row {
 struct Report {
     settings: BenchSettings,
     device: String,
+    cpu: Cpu,
     threads: usize,
     torch_python: Option<String>,
     rows: Vec<Row>,
+}
+
+/// What `--mtt-sweep` writes.
+#[derive(Debug, Serialize)]
+struct SweepReport {
+    settings: BenchSettings,
+    device: String,
+    cpu: Cpu,
+    rows: Vec<SweepRow>,
 }
 
 fn settings(args: &Args) -> anyhow::Result<BenchSettings> {
@@ -144,6 +154,8 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
         BackendKind::Flex => "cpu",
         _ => "cuda",
     };
+    let cpu = Cpu::detect();
+    eprintln!("CPU: {cpu}");
     let python = find_torch(&args.torch)?;
     // Threads both sides use: Rayon's pool, which honours RAYON_NUM_THREADS.
     let threads = rayon::current_num_threads();
@@ -163,7 +175,7 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
             .find(|u| matches!(u, Unit::Mtt | Unit::HabaMtt))
             .unwrap_or(Unit::HabaMtt);
         let torch = python.as_deref().map(|p| (p, threads, torch_device));
-        return sweep(common, &args, s, unit, torch);
+        return sweep(common, &args, s, unit, torch, &selected.name, cpu);
     }
     let bar = super::progress_bar(units.len() as u64, "bench");
     let mut rows = Vec::new();
@@ -204,9 +216,11 @@ pub fn run(common: &Common, args: Args) -> anyhow::Result<()> {
             t.torch, t.device, t.threads, selected.name
         );
     }
+    println!("CPU: {cpu}.");
     let report = Report {
         settings: s,
         device: selected.name.clone(),
+        cpu,
         threads,
         torch_python: python,
         rows,
@@ -233,6 +247,8 @@ fn sweep(
     s: BenchSettings,
     unit: Unit,
     torch: Option<(&str, usize, &str)>,
+    device: &str,
+    cpu: Cpu,
 ) -> anyhow::Result<()> {
     let bar = super::progress_bar(args.mtt_sweep.len() as u64, "mtt-sweep");
     let mut rows = Vec::new();
@@ -291,7 +307,14 @@ fn sweep(
         "torch: PyTorch with one graph over every step, as the reference. haba's peaks are \
          measured without its allocator cache, so they are the tensors' own."
     );
-    std::fs::write(&args.json, serde_json::to_string_pretty(&rows)?)
+    println!("haba on {device}; CPU: {cpu}.");
+    let report = SweepReport {
+        settings: s,
+        device: device.into(),
+        cpu,
+        rows,
+    };
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", args.json.display()))?;
     eprintln!("wrote {}", args.json.display());
     Ok(())

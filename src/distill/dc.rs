@@ -549,11 +549,11 @@ pub fn match_loss(
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::TensorData;
 
     use super::*;
     use crate::data::{ImageShape, Normalization};
-    use crate::haba::{Factorization, HallucinatorShape, Hallucinators};
+    use crate::distill::testing::{factorization, moved, randn, tensor};
+    use crate::haba::{Factorization, Hallucinators};
     use crate::nets::{Act, ConvNetConfig, Norm, Pool};
 
     const SHAPE: ImageShape = ImageShape {
@@ -561,14 +561,6 @@ mod tests {
         height: 8,
         width: 8,
     };
-
-    fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.normal()).collect()
-    }
-
-    fn tensor<const D: usize>(v: Vec<f32>, dims: [usize; D], device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(v, dims), device)
-    }
 
     /// The reference's `match_loss` in float64, written from its code: per parameter
     /// tensor, 4-D reshaped to [out, rest], 3-D to [s0, s1 s2], 2-D as is, 1-D skipped,
@@ -678,28 +670,6 @@ mod tests {
         (data, dc)
     }
 
-    /// Six bases (two per class) through two hallucinators, or plain images.
-    fn factorization(haba: bool) -> Factorization {
-        let device = Device::flex();
-        let mut rng = Rng::new(9);
-        let shape = HallucinatorShape {
-            count: 2,
-            basis_channels: 2,
-            channels: 2,
-            kernel: 3,
-            height: 8,
-            width: 8,
-        };
-        Factorization {
-            bases: tensor(randn(&mut rng, 6 * 128), [6, 2, 8, 8], &device),
-            labels: vec![0, 0, 1, 1, 2, 2],
-            hallucinators: haba.then(|| Hallucinators {
-                shape,
-                params: shape.init(&mut rng, &device, false),
-            }),
-        }
-    }
-
     /// The loss at `fact` and its gradients (bases, hallucinators): a fresh network's
     /// round, or with `carried`, a later round at that network (not trained further).
     fn run(
@@ -738,22 +708,6 @@ mod tests {
             .as_ref()
             .map(|h| host(h.params.grad(&grads).unwrap()));
         (loss.into_scalar::<f32>(), gb, gh)
-    }
-
-    fn moved(fact: &Factorization, dir: &[f32], eps: f32, in_bases: bool) -> Factorization {
-        let device = fact.bases.device();
-        let shift =
-            |t: Vec<f32>| -> Vec<f32> { t.iter().zip(dir).map(|(a, d)| a + eps * d).collect() };
-        let mut out = fact.clone();
-        if in_bases {
-            let v = shift(fact.bases.clone().into_data().try_to_vec().unwrap());
-            out.bases = tensor(v, fact.bases.dims(), &device);
-        } else if let Some(h) = &mut out.hallucinators {
-            let v = shift(h.params.clone().into_data().try_to_vec().unwrap());
-            let n = v.len();
-            h.params = tensor(v, [n], &device);
-        }
-        out
     }
 
     /// Directional derivatives of the matching loss (a gradient of a gradient) against

@@ -13,6 +13,8 @@ pub mod mtt;
 pub mod objective;
 pub mod run;
 pub mod runner;
+#[cfg(test)]
+mod testing;
 
 pub use config::{DistillConfig, EvalSettings, Preset, presets};
 pub use dc::{DcConfig, Metric};

@@ -563,12 +563,12 @@ impl Objective for Mtt {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     use super::*;
     use crate::augment::Dsa;
     use crate::data::{ImageShape, LabelledImages, Normalization};
-    use crate::haba::HallucinatorShape;
+    use crate::distill::testing::{factorization, moved, randn, tensor};
     use crate::nets::{Act, Arch, ConvNetConfig, Norm, Pool};
 
     const SHAPE: ImageShape = ImageShape {
@@ -576,14 +576,6 @@ mod tests {
         height: 8,
         width: 8,
     };
-
-    fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.normal()).collect()
-    }
-
-    fn tensor<const D: usize>(v: Vec<f32>, dims: [usize; D], device: &Device) -> Tensor<D> {
-        Tensor::from_data(TensorData::new(v, dims), device)
-    }
 
     /// Three classes of 8x8 two-channel images, a smooth student (sigmoid, so finite
     /// differences see no kinks) and one made-up expert trajectory.
@@ -637,28 +629,6 @@ mod tests {
         (data, mtt, crate::eval::dsa_from_name("color_crop").unwrap())
     }
 
-    /// Six bases (two per class) through two hallucinators, or plain images.
-    fn factorization(haba: bool) -> Factorization {
-        let device = Device::flex();
-        let mut rng = Rng::new(9);
-        let shape = HallucinatorShape {
-            count: 2,
-            basis_channels: 2,
-            channels: 2,
-            kernel: 3,
-            height: 8,
-            width: 8,
-        };
-        Factorization {
-            bases: tensor(randn(&mut rng, 6 * 128), [6, 2, 8, 8], &device),
-            labels: vec![0, 0, 1, 1, 2, 2],
-            hallucinators: haba.then(|| Hallucinators {
-                shape,
-                params: shape.init(&mut rng, &device, false),
-            }),
-        }
-    }
-
     /// The MTT loss at `fact` and `lr`, and its gradients (bases, hallucinators, lr).
     fn run(
         mtt: &mut Mtt,
@@ -695,23 +665,6 @@ mod tests {
 
     fn dot(a: &[f32], b: &[f32]) -> f64 {
         a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
-    }
-
-    /// `fact` moved by `eps` along `dir` in the bases or in the hallucinator weights.
-    fn moved(fact: &Factorization, dir: &[f32], eps: f32, in_bases: bool) -> Factorization {
-        let device = fact.bases.device();
-        let shift =
-            |t: Vec<f32>| -> Vec<f32> { t.iter().zip(dir).map(|(a, d)| a + eps * d).collect() };
-        let mut out = fact.clone();
-        if in_bases {
-            let v = shift(fact.bases.clone().into_data().try_to_vec().unwrap());
-            out.bases = tensor(v, fact.bases.dims(), &device);
-        } else if let Some(h) = &mut out.hallucinators {
-            let v = shift(h.params.clone().into_data().try_to_vec().unwrap());
-            let n = v.len();
-            h.params = tensor(v, [n], &device);
-        }
-        out
     }
 
     /// Directional derivatives of the unrolled loss against central differences. In f32 a

@@ -8,18 +8,11 @@ use crate::clock::Stopwatch;
 use crate::data::{Dataset, Prepared};
 use crate::error::{Error, Result};
 use crate::eval::{EvalProgress, EvalResult, evaluate_factorization};
+use crate::report::run_dir::read_text;
 use crate::report::{
     Display, Distillation, EvaluatedSet, MetricsLog, Report, RunDir, bases_png, hallucinated_png,
     metrics_up_to,
 };
-
-/// A text file of the run, with an error naming it.
-fn read_text(path: &std::path::Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
 
 /// What the loop reports as it goes (progress bars, logs).
 #[derive(Clone, Debug)]

@@ -106,7 +106,7 @@ impl RunDir {
 }
 
 /// A text file of the run, with an error naming it.
-fn read_text(path: &Path) -> Result<String> {
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
