@@ -551,16 +551,10 @@ pub fn match_loss(
 mod tests {
 
     use super::*;
-    use crate::data::{ImageShape, Normalization};
-    use crate::distill::testing::{factorization, moved, randn, tensor};
+    use crate::data::Normalization;
+    use crate::distill::testing::{SHAPE, factorization, moved, randn, tensor};
     use crate::haba::{Factorization, Hallucinators};
     use crate::nets::{Act, ConvNetConfig, Norm, Pool};
-
-    const SHAPE: ImageShape = ImageShape {
-        channels: 2,
-        height: 8,
-        width: 8,
-    };
 
     /// The reference's `match_loss` in float64, written from its code: per parameter
     /// tensor, 4-D reshaped to [out, rest], 3-D to [s0, s1 s2], 2-D as is, 1-D skipped,

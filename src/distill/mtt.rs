@@ -567,15 +567,9 @@ mod tests {
 
     use super::*;
     use crate::augment::Dsa;
-    use crate::data::{ImageShape, LabelledImages, Normalization};
-    use crate::distill::testing::{factorization, moved, randn, tensor};
+    use crate::data::{LabelledImages, Normalization};
+    use crate::distill::testing::{SHAPE, factorization, moved, randn, tensor};
     use crate::nets::{Act, Arch, ConvNetConfig, Norm, Pool};
-
-    const SHAPE: ImageShape = ImageShape {
-        channels: 2,
-        height: 8,
-        width: 8,
-    };
 
     /// Three classes of 8x8 two-channel images, a smooth student (sigmoid, so finite
     /// differences see no kinks) and one made-up expert trajectory.

@@ -4,8 +4,16 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::data::ImageShape;
 use crate::haba::{Factorization, HallucinatorShape, Hallucinators};
 use crate::rng::Rng;
+
+/// The images of every objective's test: 8x8, two channels.
+pub const SHAPE: ImageShape = ImageShape {
+    channels: 2,
+    height: 8,
+    width: 8,
+};
 
 pub fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal()).collect()
@@ -21,11 +29,11 @@ pub fn factorization(haba: bool) -> Factorization {
     let mut rng = Rng::new(9);
     let shape = HallucinatorShape {
         count: 2,
-        basis_channels: 2,
-        channels: 2,
+        basis_channels: SHAPE.channels,
+        channels: SHAPE.channels,
         kernel: 3,
-        height: 8,
-        width: 8,
+        height: SHAPE.height,
+        width: SHAPE.width,
     };
     Factorization {
         bases: tensor(randn(&mut rng, 6 * 128), [6, 2, 8, 8], &device),
