@@ -17,7 +17,7 @@ wraps three of its functions before calling its `main()`:
         --method DC --ipc 10 --Iteration 3
 
 Everything after `--` goes to the official `main.py` as its own flags. It prints one JSON
-line: the seconds of each timed iteration, their median, the peak resident memory, the
+line: the seconds of each timed iteration, their median after the first, the peak resident memory, the
 torch version and the thread count. It fetches nothing.
 """
 
@@ -97,7 +97,8 @@ def main():
         "code": "VICO-UoE/DatasetCondensation main.py",
         "argv": sys.argv[1:],
         "iteration_seconds": seconds,
-        "median_seconds": statistics.median(seconds) if seconds else None,
+        # The first iteration warms up (allocations, threads), as in official_mtt.py.
+        "median_seconds": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

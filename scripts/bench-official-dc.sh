@@ -22,6 +22,9 @@ export RAYON_NUM_THREADS=$THREADS
 
 # The reference's outer_loop at each IPC (get_loops).
 outer() { case $1 in 1) echo 1;; 10) echo 10;; 20) echo 20;; 30) echo 30;; 40) echo 40;; 50) echo 50;; esac; }
+for ipc in $IPCS; do
+  [ -n "$(outer "$ipc")" ] || { echo "IPCS: $ipc is not one of get_loops' 1 10 20 30 40 50" >&2; exit 1; }
+done
 
 for ipc in $IPCS; do
   for method in DC DSA; do

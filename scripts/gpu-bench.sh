@@ -24,6 +24,12 @@
 #   UNITS=<a,b,...>          only these units (default all)
 #   UNIT_TIMEOUT=<seconds>   per step, default 70 (eight steps: under 10 minutes in all)
 set -euo pipefail
+# Paths the caller gave are relative to where it was called from.
+abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+[ -n "${HABA:-}" ] && HABA=$(abs "$HABA")
+[ -n "${HABA_CUDA:-}" ] && HABA_CUDA=$(abs "$HABA_CUDA")
+[ -n "${HABA_TESTS:-}" ] && HABA_TESTS=$(abs "$HABA_TESTS")
+[ -n "${OUT:-}" ] && OUT=$(abs "$OUT")
 cd "$(dirname "$0")/.."
 HABA=${HABA:-target/release/haba}
 OUT=${OUT:-bench-results}
@@ -85,13 +91,17 @@ timeout "$UNIT_TIMEOUT" "$HABA" bench --device gpu --dataset cifar10 --ipc 1 --u
 # 4. A short HaBa-MTT run with its evaluation.
 step "HaBa-MTT run"
 buffer="$OUT/gpu-buffer"
-timeout "$UNIT_TIMEOUT" "$HABA" buffer --device gpu --dataset embedded-cifar10 --preprocess meanstd \
-  --model ConvNetW32 --experts 1 --epochs 3 --batch 64 --out "$buffer" > "$OUT/haba-mtt.txt" 2>&1 || true
 rm -rf "$OUT/gpu-haba-mtt"
-timeout "$UNIT_TIMEOUT" "$HABA" distill --device gpu --preset quick-mtt-cifar10 --buffer "$buffer" \
-  --iterations "$([ "${1:-}" = --quick ] && echo 5 || echo 100)" --eval-nets 2 \
-  --eval-epochs "$([ "${1:-}" = --quick ] && echo 5 || echo 300)" \
-  --out "$OUT/gpu-haba-mtt" >> "$OUT/haba-mtt.txt" 2>&1 || true
+if timeout "$UNIT_TIMEOUT" "$HABA" buffer --device gpu --dataset embedded-cifar10 --preprocess meanstd \
+     --model ConvNetW32 --experts 1 --epochs 3 --batch 64 --out "$buffer" > "$OUT/haba-mtt.txt" 2>&1 &&
+   timeout "$UNIT_TIMEOUT" "$HABA" distill --device gpu --preset quick-mtt-cifar10 --buffer "$buffer" \
+     --iterations "$([ "${1:-}" = --quick ] && echo 5 || echo 100)" --eval-nets 2 \
+     --eval-epochs "$([ "${1:-}" = --quick ] && echo 5 || echo 300)" \
+     --out "$OUT/gpu-haba-mtt" >> "$OUT/haba-mtt.txt" 2>&1; then
+  echo pass > "$OUT/haba-mtt.status"
+else
+  echo "FAIL (exit $?, see haba-mtt.txt)" > "$OUT/haba-mtt.status"; tail -3 "$OUT/haba-mtt.txt" >&2
+fi
 step "done"
 
 python3 - "$OUT" <<'PY'
@@ -133,6 +143,8 @@ if os.path.exists(run):
     md.append(f"| HaBa-MTT run on the CIFAR-10 subset, {s['iterations']} iterations | {rep['device']} "
               f"| test accuracy {acc} | | | | |")
     rows.append({"what": "haba-mtt run", "device": rep["device"], "accuracy": s["result"]})
+elif os.path.exists(os.path.join(out, "haba-mtt.status")):
+    md.append(f"| HaBa-MTT run on the CIFAR-10 subset | | {open(os.path.join(out, 'haba-mtt.status')).read().strip()} | | | | |")
 status = os.path.join(out, "gpu-tests.status")
 if os.path.exists(status):
     md.append(f"| wgpu tests on this adapter | | {open(status).read().strip()} | | | | |")

@@ -106,6 +106,9 @@ impl FromStr for GraphicsApi {
     fn from_str(s: &str) -> Result<Self> {
         let lower = s.trim().to_ascii_lowercase();
         let lower = match lower.as_str() {
+            // wgpu's own spellings in WGPU_BACKEND.
+            "vk" => "vulkan",
+            "mtl" => "metal",
             "opengl" | "gles" => "gl",
             "browser" | "browserwebgpu" => "webgpu",
             "d3d12" | "directx" => "dx12",
@@ -342,10 +345,12 @@ fn flex(reason: String) -> Selected {
 /// Opens the device the user asked for, and seeds Burn's own generator with `seed`
 /// (our code draws its random numbers from [`crate::rng::Rng`]; this covers Burn's).
 pub fn select(choice: DeviceChoice, seed: u64) -> Result<Selected> {
-    let apis = GraphicsApi::requested(match choice {
-        DeviceChoice::Gpu(api) => api,
-        _ => None,
-    })?;
+    // WGPU_BACKEND matters (and a bad value is an error) only where wgpu is asked.
+    let apis = match choice {
+        DeviceChoice::Gpu(api) => GraphicsApi::requested(api)?,
+        DeviceChoice::Auto => GraphicsApi::requested(None)?,
+        DeviceChoice::Cpu | DeviceChoice::Cuda => Vec::new(),
+    };
     let tried = || {
         let names: Vec<String> = apis.iter().map(ToString::to_string).collect();
         names.join(" or ")
@@ -518,6 +523,8 @@ mod tests {
             ("gpu:dx12", GraphicsApi::Dx12),
             ("gpu:gl", GraphicsApi::Gl),
             ("wgpu:webgpu", GraphicsApi::WebGpu),
+            ("gpu:vk", GraphicsApi::Vulkan),
+            ("gpu:mtl", GraphicsApi::Metal),
         ] {
             let choice = name.parse::<DeviceChoice>().unwrap();
             assert_eq!(choice, DeviceChoice::Gpu(Some(api)));

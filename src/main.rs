@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", cli::flags::phrase(&format!("{err:#}")));
+            eprintln!("error: {}", cli::flags::message(&err));
             std::process::ExitCode::FAILURE
         }
     }

@@ -122,7 +122,7 @@ pub fn write_grid_png(
 /// Single-channel bases of a colour dataset are shown grey, each stretched to its own
 /// range (see [`write_grid_png`]).
 pub fn bases_png(run_dir: &Path, artifact: &Artifact, display: Display) -> Result<PathBuf> {
-    let path = run_dir.join(display.file_name(BASES_PNG));
+    let path = RunDir::at(run_dir).bases_png(display);
     let f = &artifact.factorization;
     let [_, c, h, w] = f.bases.dims();
     let by_class = bases_by_class(artifact).map_err(|r| report_error(&path, r))?;
@@ -149,7 +149,7 @@ pub fn bases_png(run_dir: &Path, artifact: &Artifact, display: Display) -> Resul
 /// hallucinated images side by side (the bases themselves when there are no
 /// hallucinators).
 pub fn hallucinated_png(run_dir: &Path, artifact: &Artifact, display: Display) -> Result<PathBuf> {
-    let path = run_dir.join(display.file_name(HALLUCINATED_PNG));
+    let path = RunDir::at(run_dir).hallucinated_png(display);
     let fail = |r: String| report_error(&path, r);
     let f = &artifact.factorization;
     let n = f.len();

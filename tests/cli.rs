@@ -95,6 +95,15 @@ fn datasets_lists_every_known_dataset_and_the_search_path() {
         assert!(t.contains(name), "{name} missing from:\n{t}");
     }
     assert!(t.contains(dir.to_str().unwrap()), "{t}");
+    // Flags every command takes work before the command too.
+    let dir_arg = dir.to_str().unwrap();
+    let out = haba(&["--seed", "1", "--data-dir", dir_arg, "datasets"], &dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(dir_arg), "{}", text(&out));
+    // The main job's --dataset before a command is refused, naming where it goes.
+    let out = haba(&["--dataset", "embedded", "datasets"], &dir);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("after the command"), "{}", text(&out));
 }
 
 #[test]
@@ -241,6 +250,16 @@ fn bad_input_gets_a_clear_error() {
             assert!(t.contains(n), "{args:?}: `{n}` missing from:\n{t}");
         }
     }
+    // A config file's unknown key: its error names the file's keys, not flags.
+    let file = dir.join("typo.toml");
+    std::fs::write(&file, "ipcc = 1\n").unwrap();
+    let file: &'static str = Box::leak(file.to_str().unwrap().to_string().into_boxed_str());
+    let config: &'static [&'static str] = Box::leak(vec!["--config", file].into_boxed_slice());
+    let out = haba(&distill(config), &dir);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("ipcc") && t.contains(file), "{t}");
+    assert!(t.contains("`ipc`") && !t.contains("`--ipc`"), "{t}");
     // Gradient matching's settings: named by their flags.
     let settings: Vec<(Vec<&str>, &[&str])> = vec![
         (
@@ -425,11 +444,16 @@ fn distill_writes_a_run_directory_that_eval_export_and_resume_read() {
             "ConvNetW32",
             "--device",
             "cpu",
+            "--json",
+            dir.join("eval.json").to_str().unwrap(),
         ],
         &dir,
     );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("haba-dm"), "{}", text(&out));
+    // The report counts the iterations the artifact was distilled for.
+    let report = Report::from_json(&std::fs::read_to_string(dir.join("eval.json")).unwrap());
+    assert_eq!(report.unwrap().sets[0].iterations, Some(4));
 
     let png = dir.join("png");
     let out = haba(&["export", run_s, "--png-dir", png.to_str().unwrap()], &dir);

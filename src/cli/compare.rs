@@ -38,7 +38,7 @@ pub fn write(
     rows: &[haba::report::compare::Row],
     out: &std::path::Path,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating --out {}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let (png, json) = (out.join(COMPARE_PNG), out.join(COMPARE_JSON));
     std::fs::write(&png, compare_png(rows)?)
         .with_context(|| format!("writing {}", png.display()))?;

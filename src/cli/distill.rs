@@ -178,6 +178,25 @@ pub struct Args {
     pub batch_train: Option<usize>,
 }
 
+/// `over`'s keys replace `base`'s section by section, so a file can change one key of a
+/// preset's `[objective]`; an `[objective]` of another method replaces the whole section
+/// (the other method's keys mean nothing to it).
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o))
+                if !(key == "objective"
+                    && o.get("method").is_some_and(|m| Some(m) != b.get("method"))) =>
+            {
+                merge(b, o)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Preset, then config file, then flags.
 pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
     let mut cfg = match &args.preset {
@@ -187,13 +206,11 @@ pub fn config(common: &Common, args: &Args) -> anyhow::Result<DistillConfig> {
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the config file {}", path.display()))?;
-        // The file's keys replace the preset's (or the defaults').
-        let file: toml::Table =
-            toml::from_str(&text).with_context(|| format!("in {}", path.display()))?;
+        let in_file = || super::flags::InConfigFile(path.clone());
+        let file: toml::Table = toml::from_str(&text).with_context(in_file)?;
         let mut merged = toml::Table::try_from(&cfg)?;
-        merged.extend(file);
-        cfg = DistillConfig::from_toml(&merged.to_string())
-            .with_context(|| format!("in {}", path.display()))?;
+        merge(&mut merged, file);
+        cfg = DistillConfig::from_toml(&merged.to_string()).with_context(in_file)?;
     }
     if let Some(m) = &args.method {
         cfg.objective = switch(&cfg.objective, m)?;
@@ -493,4 +510,31 @@ pub fn run_with_bar(
     .with_context(|| format!("distilling into {}", run.path.display()))?;
     bar.finish_and_clear();
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_config_file_changes_single_keys_of_a_preset() {
+        let preset =
+            "ipc = 10\n[objective]\nmethod = \"mtt\"\nlr_teacher = 0.001\nsyn_steps = 30\n";
+        let mut base = table(preset);
+        merge(&mut base, table("ipc = 1\n[objective]\nsyn_steps = 10\n"));
+        let want = "ipc = 1\n[objective]\nmethod = \"mtt\"\nlr_teacher = 0.001\nsyn_steps = 10\n";
+        assert_eq!(base, table(want));
+        // Another method's section replaces the preset's.
+        let mut base = table(preset);
+        merge(
+            &mut base,
+            table("[objective]\nmethod = \"dm\"\nbatch_real = 64\n"),
+        );
+        let want = "ipc = 10\n[objective]\nmethod = \"dm\"\nbatch_real = 64\n";
+        assert_eq!(base, table(want));
+    }
 }

@@ -210,7 +210,7 @@ fn run_artifact(common: &Common, args: &Args, path: &std::path::Path) -> anyhow:
         let iterations = artifact
             .meta
             .settings
-            .get("iterations")
+            .get(haba::distill::run::ITERATIONS_DONE)
             .and_then(|i| i.as_u64());
         report.sets.push(EvaluatedSet {
             name: artifact.meta.method.clone(),

@@ -55,6 +55,28 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("download", None, "haba datasets --download"),
 ];
 
+/// The context of an error in a `--config` file: its message names the file's keys,
+/// which stay settings (no flag phrasing).
+#[derive(Debug)]
+pub struct InConfigFile(pub std::path::PathBuf);
+
+impl std::fmt::Display for InConfigFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "in {}", self.0.display())
+    }
+}
+
+/// How a command's error is printed: settings the library names become flags, except
+/// in an error about a config file's keys.
+pub fn message(err: &anyhow::Error) -> String {
+    let text = format!("{err:#}");
+    if err.downcast_ref::<InConfigFile>().is_some() {
+        text
+    } else {
+        phrase(&text)
+    }
+}
+
 /// `message` with each `` `setting` `` or `` `setting = value` `` that has a flag written
 /// as that flag (`` `--ipc 3` ``).
 pub fn phrase(message: &str) -> String {

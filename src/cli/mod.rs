@@ -27,8 +27,7 @@ use haba::device::{DeviceChoice, Selected};
                   Without a command, runs the main job: HaBa-DM and HaBa-MTT beside DM, MTT \
                   and random real images at equal storage, on the CIFAR-10 subset built \
                   into the binary (or --dataset NAME: `haba --dataset fashion-mnist` runs \
-                  the grey job).",
-    args_conflicts_with_subcommands = true
+                  the grey job)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -105,6 +104,12 @@ pub struct CompletionsArgs {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.command.is_some() && cli.dataset.is_some() {
+        anyhow::bail!(
+            "--dataset before a command is the main job's: put it after the command \
+             (`haba distill --dataset NAME`)"
+        );
+    }
     match cli.command {
         None => demo::run(&cli.common, cli.dataset.as_deref()),
         Some(Command::Bench(args)) => bench::run(&cli.common, args),

@@ -37,7 +37,7 @@ pub const CIFAR100_TEST: &str = "test.bin";
 pub const CIFAR100_NAMES: &str = "fine_label_names.txt";
 
 /// Used when `batches.meta.txt` is missing; the official order.
-pub const CIFAR10_DEFAULT_NAMES: [&str; 10] = [
+pub(crate) const CIFAR10_DEFAULT_NAMES: [&str; 10] = [
     "airplane",
     "automobile",
     "bird",

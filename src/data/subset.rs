@@ -3,6 +3,17 @@
 use super::DataError;
 use crate::rng::Rng;
 
+/// The indices of each class's images, class 0 first; labels of no class are left out.
+pub fn indices_by_class(labels: &[u16], classes: usize) -> Vec<Vec<usize>> {
+    let mut by_class = vec![Vec::new(); classes];
+    for (i, &label) in labels.iter().enumerate() {
+        if let Some(list) = by_class.get_mut(label as usize) {
+            list.push(i);
+        }
+    }
+    by_class
+}
+
 /// Indices of `per_class` images of every class, drawn without replacement by `rng`,
 /// grouped by class (class 0 first). Errors when a class has fewer images than asked.
 pub fn random_per_class(
@@ -11,12 +22,7 @@ pub fn random_per_class(
     per_class: usize,
     rng: &mut Rng,
 ) -> Result<Vec<usize>, DataError> {
-    let mut by_class = vec![Vec::new(); classes];
-    for (i, &label) in labels.iter().enumerate() {
-        if let Some(list) = by_class.get_mut(label as usize) {
-            list.push(i);
-        }
-    }
+    let mut by_class = indices_by_class(labels, classes);
     // Checked before anything is allocated: an absurd count is an error, not an abort.
     if let Some((class, list)) = by_class
         .iter()

@@ -34,6 +34,7 @@ use super::checkpoint::Checkpoint;
 use super::config::{DistillConfig, Preset, Rates};
 use super::objective::{Objective, ObjectiveConfig, ObjectiveLoss, Synthetic, Views};
 use crate::augment::Dsa;
+use crate::data::subset::indices_by_class;
 use crate::data::{LabelledImages, Prepared};
 use crate::error::{Error, Result};
 use crate::haba::BaseInit;
@@ -65,7 +66,7 @@ impl std::str::FromStr for Metric {
             "mse" => Ok(Metric::Mse),
             "cos" => Ok(Metric::Cos),
             _ => Err(Error::Config(format!(
-                "`dis_metric = {s:?}`: unknown; use `ours`, `mse` or `cos`"
+                "unknown matching distance {s:?}: use ours, mse or cos"
             ))),
         }
     }
@@ -180,10 +181,7 @@ impl DcConfig {
         let (outer, inner) = self.loops(ipc)?;
         let net = Network::new(&self.network, data.shape, data.classes)?;
         check_student(&net)?;
-        let mut by_class = vec![Vec::new(); data.classes];
-        for (i, &l) in data.train.labels.iter().enumerate() {
-            by_class[l as usize].push(i);
-        }
+        let by_class = indices_by_class(&data.train.labels, data.classes);
         if let Some(c) = by_class.iter().position(Vec::is_empty) {
             return Err(Error::Config(format!(
                 "class {c} has no training images: gradient matching needs real images of \

@@ -24,6 +24,7 @@ use super::config::{DistillConfig, EvalSettings, Preset, Rates};
 use super::objective::{Objective, ObjectiveConfig, ObjectiveLoss, Synthetic, Views};
 use crate::augment::Dsa;
 use crate::data::Prepared;
+use crate::data::subset::indices_by_class;
 use crate::error::{Error, Result};
 use crate::nets::{Arch, BnMode, Network};
 use crate::rng::Rng;
@@ -80,7 +81,7 @@ pub const RATES: Rates = Rates {
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "quick",
-        about: "the main job: HaBa-DM on the embedded Fashion-MNIST subset, minutes on a CPU",
+        about: "the grey main job: HaBa-DM on the embedded Fashion-MNIST subset, minutes on a CPU",
         settings: quick,
     },
     Preset {
@@ -161,10 +162,7 @@ pub struct Dm {
 
 impl Dm {
     pub fn new(settings: &DmConfig, data: &Prepared) -> Result<Self> {
-        let mut by_class = vec![Vec::new(); data.classes];
-        for (i, &l) in data.train.labels.iter().enumerate() {
-            by_class[l as usize].push(i);
-        }
+        let by_class = indices_by_class(&data.train.labels, data.classes);
         let embedder = Network::new(&settings.embedder, data.shape, data.classes)?;
         check_real_batches(settings, &embedder, by_class.iter().map(Vec::len))?;
         Ok(Self {

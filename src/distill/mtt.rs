@@ -164,7 +164,7 @@ impl MttConfig {
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "quick-mtt",
-        about: "the main job's HaBa-MTT: the quick settings over a small expert buffer (needs --buffer)",
+        about: "the grey main job's HaBa-MTT: the quick settings over a small expert buffer (needs one)",
         settings: quick,
     },
     Preset {
@@ -174,7 +174,7 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "haba-mtt-cifar10-ipc1",
-        about: "HaBa's official MTT script, CIFAR-10 at 1 image per class (needs --buffer)",
+        about: "HaBa's official MTT script, CIFAR-10 at 1 image per class (needs an expert buffer)",
         settings: || cifar10(1, true),
     },
     Preset {
@@ -187,27 +187,27 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "haba-mtt-cifar10-ipc10",
-        about: "HaBa's official MTT script, CIFAR-10 at 10 images per class (needs --buffer)",
+        about: "HaBa's official MTT script, CIFAR-10 at 10 images per class (needs an expert buffer)",
         settings: || cifar10(10, true),
     },
     Preset {
         name: "haba-mtt-cifar10-ipc50",
-        about: "HaBa's official MTT script, CIFAR-10 at 50 images per class (needs --buffer)",
+        about: "HaBa's official MTT script, CIFAR-10 at 50 images per class (needs an expert buffer)",
         settings: || cifar10(50, true),
     },
     Preset {
         name: "mtt-cifar10-ipc1",
-        about: "MTT's official CIFAR-10 script at 1 image per class, no HaBa (needs --buffer)",
+        about: "MTT's official CIFAR-10 script at 1 image per class, no HaBa (needs an expert buffer)",
         settings: || cifar10(1, false),
     },
     Preset {
         name: "mtt-cifar10-ipc10",
-        about: "MTT's official CIFAR-10 script at 10 images per class, no HaBa (needs --buffer)",
+        about: "MTT's official CIFAR-10 script at 10 images per class, no HaBa (needs an expert buffer)",
         settings: || cifar10(10, false),
     },
     Preset {
         name: "mtt-cifar10-ipc50",
-        about: "MTT's official CIFAR-10 script at 50 images per class, no HaBa (needs --buffer)",
+        about: "MTT's official CIFAR-10 script at 50 images per class, no HaBa (needs an expert buffer)",
         settings: || cifar10(50, false),
     },
 ];

@@ -53,8 +53,16 @@ struct EvalRecord<'a> {
     eval: &'a EvalResult,
 }
 
+/// The key of an artifact's settings that counts the iterations it was distilled for.
+pub const ITERATIONS_DONE: &str = "iterations_done";
+
 /// The artifact of the distiller's current state.
 pub fn artifact_of(d: &Distiller, data: &Prepared, dataset: &Dataset) -> Artifact {
+    let mut settings = serde_json::to_value(&d.cfg).unwrap_or_default();
+    // How far the run had got: a checkpoint's artifact is written mid-run.
+    if let Some(map) = settings.as_object_mut() {
+        map.insert(ITERATIONS_DONE.into(), d.iteration.into());
+    }
     Artifact {
         factorization: d.factorization.clone(),
         normalization: data.normalization.clone(),
@@ -64,7 +72,7 @@ pub fn artifact_of(d: &Distiller, data: &Prepared, dataset: &Dataset) -> Artifac
             classes: dataset.classes.clone(),
             image: data.shape,
             method: d.cfg.label(),
-            settings: serde_json::to_value(&d.cfg).unwrap_or_default(),
+            settings,
         },
         lr: d.learned_lr(),
     }

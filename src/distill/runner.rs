@@ -68,20 +68,15 @@ impl PendingLosses {
     /// The losses from the values of [`stacked`](Self::stacked); an error naming the
     /// iteration when the objective is not a number.
     pub fn losses(&self, values: &[f32]) -> Result<Losses> {
-        let [objective, diversity, adversary, rest @ ..] = values else {
+        let expected = 3 + self.scalars.len();
+        let ([objective, diversity, adversary, rest @ ..], true) =
+            (values, values.len() == expected)
+        else {
             return Err(Error::Device(format!(
-                "read {} losses back, expected {}",
-                values.len(),
-                3 + self.scalars.len()
+                "read {} losses back, expected {expected}",
+                values.len()
             )));
         };
-        if rest.len() != self.scalars.len() {
-            return Err(Error::Device(format!(
-                "read {} losses back, expected {}",
-                values.len(),
-                3 + self.scalars.len()
-            )));
-        }
         if !objective.is_finite() {
             return Err(Error::NonFinite(format!(
                 "the {} loss became {objective} at iteration {}; the last checkpoint on disk \

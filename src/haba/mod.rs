@@ -75,7 +75,7 @@ impl std::str::FromStr for BaseInit {
             "real" => Ok(BaseInit::Real),
             "noise" => Ok(BaseInit::Noise),
             _ => Err(crate::Error::Config(format!(
-                "`init = {s:?}`: use `real` or `noise`"
+                "unknown initialisation {s:?}: use real or noise"
             ))),
         }
     }

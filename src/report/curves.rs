@@ -11,6 +11,14 @@ const NOT_CURVES: &[&str] = &[
     "memory_bytes",
 ];
 
+/// The title of an objective's own curve, as `curves.png` and the viewer show it.
+pub fn title(scalar: &str) -> String {
+    match scalar {
+        "lr" => "learned learning rate α (lr)".to_string(),
+        other => other.replace('_', " "),
+    }
+}
+
 /// The curves of a run's `metrics.jsonl`: `[iteration, value]` points.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Curves {

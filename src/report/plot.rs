@@ -154,10 +154,7 @@ pub fn curves_png(curves: &Curves, title: &str) -> Result<Vec<u8>> {
     let titles: Vec<String> = curves
         .scalars
         .keys()
-        .map(|k| match k.as_str() {
-            "lr" => "learned learning rate α (lr)".to_string(),
-            k => k.replace('_', " "),
-        })
+        .map(|k| super::curves::title(k))
         .collect();
     let mut panels = vec![
         Panel {

@@ -595,10 +595,7 @@ impl App {
                 p.points(Points::new("evaluations", c.accuracy.clone()).radius(3.0));
             });
         for (name, series) in &c.scalars {
-            ui.label(match name.as_str() {
-                "lr" => "learned learning rate α (MTT)".to_string(),
-                other => format!("{} (the objective's own)", other.replace('_', " ")),
-            });
+            ui.label(crate::report::curves::title(name));
             Plot::new(name)
                 .height(height)
                 .legend(Legend::default())
