@@ -23,12 +23,42 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, Flex, backend_extension};
-use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor};
+use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::{FlexTensor, flex, on_flex, values};
+
+/// The padding, when the fused kernels take a convolution of `x_dims` `[N, Cin, H, W]` by
+/// `weight_dims` `[Cout, Cin, k, k]` with `options` whose output gradient (if any) has
+/// `dy_dims`: on flex, every tensor f32, stride 1, one group, no dilation, the same padding
+/// on every side.
+fn fusable(
+    device: &Device,
+    all_f32: bool,
+    x_dims: [usize; 4],
+    weight_dims: [usize; 4],
+    dy_dims: Option<[usize; 4]>,
+    options: &ConvOptions<2>,
+) -> Option<usize> {
+    let [(pad, pad_bottom), (pad_left, pad_right)] = options.padding;
+    let [n, cin, h, w] = x_dims;
+    let [cout, wcin, kh, kw] = weight_dims;
+    let ok = on_flex(device)
+        && all_f32
+        && options.stride == [1, 1]
+        && options.dilation == [1, 1]
+        && options.groups == 1
+        && [pad_bottom, pad_left, pad_right] == [pad; 3]
+        && kh == kw
+        && cin == wcin
+        && h + 2 * pad >= kh
+        && w + 2 * pad >= kw
+        && x_dims.iter().chain(&weight_dims).all(|&d| d > 0)
+        && dy_dims.is_none_or(|d| d == [n, cout, h + 2 * pad + 1 - kh, w + 2 * pad + 1 - kw]);
+    ok.then_some(pad)
+}
 
 /// `conv2d(x, weight, bias, options)`, fused on the CPU backend where it can be (see the
 /// module docs). Differentiable in all three on autodiff devices.
@@ -38,24 +68,19 @@ pub fn conv2d(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
 ) -> Tensor<4> {
-    let [(pad, pad_bottom), (pad_left, pad_right)] = options.padding;
-    let [_, _, h, w] = x.dims();
-    let [_, _, kh, kw] = weight.dims();
-    let fused = on_flex(&x.device())
-        && options.stride == [1, 1]
-        && options.dilation == [1, 1]
-        && options.groups == 1
-        && [pad_bottom, pad_left, pad_right] == [pad; 3]
-        && kh == kw
-        && h + 2 * pad >= kh
-        && w + 2 * pad >= kw
-        && x.dims().iter().chain(&weight.dims()).all(|&d| d > 0)
-        && x.dtype() == DType::F32
+    let all_f32 = x.dtype() == DType::F32
         && weight.dtype() == DType::F32
         && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-    if !fused {
+    let Some(pad) = fusable(
+        &x.device(),
+        all_f32,
+        x.dims(),
+        weight.dims(),
+        None,
+        &options,
+    ) else {
         return burn::tensor::module::conv2d(x, weight, bias, options);
-    }
+    };
     // An untracked zero bias costs one [Cout] vector and keeps the op at three inputs.
     let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &x.device()));
     Tensor::from_dispatch(Dispatch::conv2d_fused(
@@ -66,9 +91,89 @@ pub fn conv2d(
     ))
 }
 
-/// The sizes of one convolution, from the input's and the weight's shapes.
+/// The gradient of `<conv2d(x, W), dy>` with respect to `W` `[Cout, Cin, k, k]`
+/// (`weight_dims`): Burn's `conv2d_weight_backward`, fused on the CPU backend where
+/// [`conv2d`] is. Differentiable in `x` and `dy` on autodiff devices, so a hand-written
+/// backward pass built from it differentiates again (MTT's student, DC's matching).
+pub fn conv2d_weight_grad(
+    x: Tensor<4>,
+    dy: Tensor<4>,
+    weight_dims: [usize; 4],
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    let all_f32 = x.dtype() == DType::F32 && dy.dtype() == DType::F32;
+    let (device, x_dims, dy_dims) = (x.device(), x.dims(), dy.dims());
+    match fusable(
+        &device,
+        all_f32,
+        x_dims,
+        weight_dims,
+        Some(dy_dims),
+        &options,
+    ) {
+        Some(pad) => Tensor::from_dispatch(Dispatch::conv2d_weight_grad_fused(
+            x.into_dispatch(),
+            dy.into_dispatch(),
+            weight_dims[2],
+            pad,
+        )),
+        // Burn reads only the weight's shape.
+        None => burn::tensor::module::conv2d_weight_backward(
+            x,
+            Tensor::zeros(weight_dims, &device),
+            dy,
+            options,
+        ),
+    }
+}
+
+/// The gradient of `<conv2d(x, weight), dy>` with respect to `x` `[N, Cin, H, W]`, `[H, W]`
+/// = `in_hw`: a transposed convolution, fused on the CPU backend where [`conv2d`] is.
+/// Differentiable in `dy` and `weight` on autodiff devices.
+pub fn conv2d_input_grad(
+    dy: Tensor<4>,
+    weight: Tensor<4>,
+    in_hw: [usize; 2],
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    let dy_dims @ [n, _, hz, wz] = dy.dims();
+    let weight_dims @ [_, cin, k, _] = weight.dims();
+    let all_f32 = dy.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    let x_dims = [n, cin, in_hw[0], in_hw[1]];
+    if let Some(pad) = fusable(
+        &dy.device(),
+        all_f32,
+        x_dims,
+        weight_dims,
+        Some(dy_dims),
+        &options,
+    ) {
+        return Tensor::from_dispatch(Dispatch::conv2d_input_grad_fused(
+            dy.into_dispatch(),
+            weight.into_dispatch(),
+            in_hw[0],
+            in_hw[1],
+            pad,
+        ));
+    }
+    let (stride, pad) = (options.stride[0], options.padding[0].0);
+    // conv_transpose2d gives (hz - 1) * stride - 2 pad + k rows; strides that dropped input
+    // rows get them back as padding_out.
+    let out_pad = |s_in: usize, s_z: usize| s_in + 2 * pad - ((s_z - 1) * stride + k);
+    let topts = ConvTransposeOptions::new(
+        options.stride,
+        [pad; 2],
+        [out_pad(in_hw[0], hz), out_pad(in_hw[1], wz)],
+        options.dilation,
+        1,
+    );
+    burn::tensor::module::conv_transpose2d(dy, weight, None, topts)
+}
+
+/// The sizes of one convolution (stride 1, the same padding on every side), from the
+/// input's and the weight's shapes.
 #[derive(Clone, Copy, Debug)]
-struct Geometry {
+pub struct Geometry {
     n: usize,
     cin: usize,
     h: usize,
@@ -81,20 +186,33 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn of(x: &FlexTensor, weight: &FlexTensor, pad: usize) -> Self {
-        let (xs, ws) = (x.layout().shape(), weight.layout().shape());
-        let (h, w, k) = (xs[2], xs[3], ws[2]);
+    /// `x` `[N, Cin, H, W]`, `weight` `[Cout, Cin, k, k]`.
+    pub fn new(x: [usize; 4], weight: [usize; 4], pad: usize) -> Self {
+        let [n, cin, h, w] = x;
+        let [cout, _, k, _] = weight;
         Self {
-            n: xs[0],
-            cin: xs[1],
+            n,
+            cin,
             h,
             w,
-            cout: ws[0],
+            cout,
             k,
             pad,
             ho: h + 2 * pad - k + 1,
             wo: w + 2 * pad - k + 1,
         }
+    }
+
+    fn x_dims(&self) -> [usize; 4] {
+        [self.n, self.cin, self.h, self.w]
+    }
+
+    fn weight_dims(&self) -> [usize; 4] {
+        [self.cout, self.cin, self.k, self.k]
+    }
+
+    fn y_dims(&self) -> [usize; 4] {
+        [self.n, self.cout, self.ho, self.wo]
     }
 
     /// Rows of the unfolded input (and columns of the flattened weight): `Cin·k·k`.
@@ -239,27 +357,29 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
 
 /// Forward and backward on an execution backend (no autodiff).
 pub trait ConvKernels: Backend {
-    /// `x` `[N, Cin, H, W]`, `weight` `[Cout, Cin, k, k]`, `bias` `[Cout]`, zero padding
-    /// `pad` on every side, stride 1.
+    /// `x` `g.x_dims()`, `weight` `g.weight_dims()`, `bias` `[Cout]` (none: zero), zero
+    /// padding `g.pad` on every side, stride 1.
     fn conv2d_forward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        pad: usize,
+        bias: Option<FloatTensor<Self>>,
+        g: Geometry,
     ) -> FloatTensor<Self>;
 
-    /// `(dx, dweight, dbias)` from the output gradient `dy`, each only where asked for.
+    /// `(dx, dweight, dbias)` from the output gradient `dy`, each only where asked for:
+    /// `dx` reads only `weight` and `dweight` only `x`, so either may be absent when the
+    /// gradient that reads it is not wanted.
     fn conv2d_backward(
         dy: FloatTensor<Self>,
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        pad: usize,
+        x: Option<FloatTensor<Self>>,
+        weight: Option<FloatTensor<Self>>,
+        g: Geometry,
         wanted: Wanted,
     ) -> Grads<Self>;
 }
 
 /// Which gradients the graph needs: an untracked input's is never computed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Wanted {
     pub x: bool,
     pub weight: bool,
@@ -277,18 +397,14 @@ impl ConvKernels for Flex {
     fn conv2d_forward(
         x: FlexTensor,
         weight: FlexTensor,
-        bias: FlexTensor,
-        pad: usize,
+        bias: Option<FlexTensor>,
+        g: Geometry,
     ) -> FlexTensor {
-        let (x, weight, bias) = (
-            x.to_contiguous(),
-            weight.to_contiguous(),
-            bias.to_contiguous(),
-        );
-        let g = Geometry::of(&x, &weight, pad);
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let bias = bias.map(|b| b.to_contiguous());
         let (taps, pixels) = (g.taps(), g.out_pixels());
         let w = Mat::rows(values(&weight), g.cout, taps);
-        let b = values(&bias);
+        let b = bias.as_ref().map(values);
         let mut y = vec![0.0f32; g.n * g.out_len()];
         y.par_chunks_mut(g.out_len())
             .zip(values(&x).par_chunks(g.in_len()))
@@ -297,30 +413,34 @@ impl ConvKernels for Flex {
                 |col, (out, xs)| {
                     unfold(&g, xs, col);
                     matmul(out, false, w, Mat::rows(col, taps, pixels));
-                    for (plane, &bias) in out.chunks_exact_mut(pixels).zip(b) {
-                        plane.iter_mut().for_each(|v| *v += bias);
+                    if let Some(b) = b {
+                        for (plane, &bias) in out.chunks_exact_mut(pixels).zip(b) {
+                            plane.iter_mut().for_each(|v| *v += bias);
+                        }
                     }
                 },
             );
-        flex(y, &[g.n, g.cout, g.ho, g.wo])
+        flex(y, &g.y_dims())
     }
 
     fn conv2d_backward(
         dy: FlexTensor,
-        x: FlexTensor,
-        weight: FlexTensor,
-        pad: usize,
+        x: Option<FlexTensor>,
+        weight: Option<FlexTensor>,
+        g: Geometry,
         wanted: Wanted,
     ) -> Grads<Flex> {
-        let (dy, x, weight) = (
-            dy.to_contiguous(),
-            x.to_contiguous(),
-            weight.to_contiguous(),
+        let dy = dy.to_contiguous();
+        let x = x.filter(|_| wanted.weight).map(|t| t.to_contiguous());
+        let weight = weight.filter(|_| wanted.x).map(|t| t.to_contiguous());
+        assert!(
+            x.is_some() == wanted.weight && weight.is_some() == wanted.x,
+            "dweight needs x and dx needs the weight"
         );
-        let g = Geometry::of(&x, &weight, pad);
         let (taps, pixels) = (g.taps(), g.out_pixels());
-        let (dys, xs) = (values(&dy), values(&x));
-        let w = Mat::rows(values(&weight), g.cout, taps);
+        let dys = values(&dy);
+        let xs = x.as_ref().map(values);
+        let w = weight.as_ref().map(|t| Mat::rows(values(t), g.cout, taps));
         // A few chunks of samples per thread, each with its own partial dW and db.
         let per_chunk = g.n.div_ceil(4 * rayon::current_num_threads()).max(1);
         let mut dx = vec![0.0f32; if wanted.x { g.n * g.in_len() } else { 0 }];
@@ -342,7 +462,7 @@ impl ConvKernels for Flex {
                 for (i, s) in samples.clone().enumerate() {
                     let dy_s = &dys[s * g.out_len()..][..g.out_len()];
                     let dy_m = Mat::rows(dy_s, g.cout, pixels);
-                    if wanted.weight {
+                    if let Some(xs) = xs {
                         unfold(&g, &xs[s * g.in_len()..][..g.in_len()], &mut col);
                         matmul(&mut dw, i > 0, dy_m, Mat::rows(&col, taps, pixels).t());
                     }
@@ -351,7 +471,7 @@ impl ConvKernels for Flex {
                             *d += plane.iter().sum::<f32>();
                         }
                     }
-                    if wanted.x {
+                    if let Some(w) = w {
                         // `col` is free again: it holds Wᵀ · dy[s] before the fold.
                         matmul(&mut col, false, w.t(), dy_m);
                         fold(&g, &col, &mut dx_chunk[i * g.in_len()..][..g.in_len()]);
@@ -361,10 +481,8 @@ impl ConvKernels for Flex {
             })
             .unzip();
         Grads {
-            x: wanted.x.then(|| flex(dx, &[g.n, g.cin, g.h, g.w])),
-            weight: wanted
-                .weight
-                .then(|| flex(sum(dws), &[g.cout, g.cin, g.k, g.k])),
+            x: wanted.x.then(|| flex(dx, &g.x_dims())),
+            weight: wanted.weight.then(|| flex(sum(dws), &g.weight_dims())),
             bias: wanted.bias.then(|| flex(sum(dbs), &[g.cout])),
         }
     }
@@ -380,7 +498,12 @@ fn sum(parts: Vec<Vec<f32>>) -> Vec<f32> {
     total
 }
 
-/// The op as Burn's dispatch sees it (see the module docs of [`crate::kernels`]).
+fn dims<B: Backend>(t: &FloatTensor<B>) -> [usize; 4] {
+    let s = t.shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// The ops as Burn's dispatch sees them (see the module docs of [`crate::kernels`]).
 #[backend_extension(Autodiff, Flex)]
 pub trait ConvBackend: Backend {
     fn conv2d_fused(
@@ -389,15 +512,85 @@ pub trait ConvBackend: Backend {
         bias: FloatTensor<Self>,
         pad: usize,
     ) -> FloatTensor<Self>;
+
+    /// The weight gradient `[Cout, Cin, k, k]` of a convolution with input `x` and output
+    /// gradient `dy`.
+    fn conv2d_weight_grad_fused(
+        x: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        k: usize,
+        pad: usize,
+    ) -> FloatTensor<Self>;
+
+    /// The input gradient `[N, Cin, in_h, in_w]` of a convolution by `weight` with output
+    /// gradient `dy`.
+    fn conv2d_input_grad_fused(
+        dy: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        in_h: usize,
+        in_w: usize,
+        pad: usize,
+    ) -> FloatTensor<Self>;
+}
+
+/// The geometry of the weight gradient's convolution.
+fn weight_grad_geometry<B: Backend>(
+    x: &FloatTensor<B>,
+    dy: &FloatTensor<B>,
+    k: usize,
+    pad: usize,
+) -> Geometry {
+    let (x, dy) = (dims::<B>(x), dims::<B>(dy));
+    Geometry::new(x, [dy[1], x[1], k, k], pad)
+}
+
+/// The geometry of the input gradient's convolution.
+fn input_grad_geometry<B: Backend>(
+    dy: &FloatTensor<B>,
+    weight: &FloatTensor<B>,
+    [in_h, in_w]: [usize; 2],
+    pad: usize,
+) -> Geometry {
+    let weight = dims::<B>(weight);
+    Geometry::new([dims::<B>(dy)[0], weight[1], in_h, in_w], weight, pad)
 }
 
 impl ConvBackend for Flex {
     fn conv2d_fused(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, pad: usize) -> FlexTensor {
-        Self::conv2d_forward(x, weight, bias, pad)
+        let g = Geometry::new(dims::<Flex>(&x), dims::<Flex>(&weight), pad);
+        Self::conv2d_forward(x, weight, Some(bias), g)
+    }
+
+    fn conv2d_weight_grad_fused(x: FlexTensor, dy: FlexTensor, k: usize, pad: usize) -> FlexTensor {
+        let g = weight_grad_geometry::<Flex>(&x, &dy, k, pad);
+        let wanted = Wanted {
+            weight: true,
+            ..Wanted::default()
+        };
+        Self::conv2d_backward(dy, Some(x), None, g, wanted)
+            .weight
+            .expect("asked for")
+    }
+
+    fn conv2d_input_grad_fused(
+        dy: FlexTensor,
+        weight: FlexTensor,
+        in_h: usize,
+        in_w: usize,
+        pad: usize,
+    ) -> FlexTensor {
+        let g = input_grad_geometry::<Flex>(&dy, &weight, [in_h, in_w], pad);
+        let wanted = Wanted {
+            x: true,
+            ..Wanted::default()
+        };
+        Self::conv2d_backward(dy, None, Some(weight), g, wanted)
+            .x
+            .expect("asked for")
     }
 }
 
-/// The backward step Burn's autodiff graph runs for the op.
+/// The backward step Burn's autodiff graph runs for the convolution.
 #[derive(Debug)]
 struct ConvStep;
 
@@ -416,12 +609,13 @@ impl<B: ConvKernels> Backward<B, 3> for ConvStep {
         let (x_id, weight_id, pad) = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
         let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_id);
+        let g = Geometry::new(dims::<B>(&x), dims::<B>(&weight), pad);
         let wanted = Wanted {
             x: x_node.is_some(),
             weight: weight_node.is_some(),
             bias: bias_node.is_some(),
         };
-        let out = B::conv2d_backward(dy, x, weight, pad, wanted);
+        let out = B::conv2d_backward(dy, Some(x), Some(weight), g, wanted);
         for (node, grad) in [
             (x_node, out.x),
             (weight_node, out.weight),
@@ -434,6 +628,77 @@ impl<B: ConvKernels> Backward<B, 3> for ConvStep {
     }
 }
 
+/// The backward step of the weight gradient `dW(x, dy)`, bilinear in its inputs:
+/// `<W̄, dW(x, dy)> = <conv(x, W̄), dy>`, so `x̄ = dx(dy; W̄)` and `dȳ = conv(x, W̄)`.
+#[derive(Debug)]
+struct WeightGradStep;
+
+impl<B: ConvKernels> Backward<B, 2> for WeightGradStep {
+    /// The checkpointed input and output gradient, the kernel size and the padding.
+    type State = (NodeId, NodeId, usize, usize);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [x_node, dy_node] = ops.parents;
+        let upstream = grads.consume::<B>(&ops.node);
+        let (x_id, dy_id, k, pad) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x_id);
+        let dy: FloatTensor<B> = checkpointer.retrieve_node_output(dy_id);
+        let g = weight_grad_geometry::<B>(&x, &dy, k, pad);
+        if let Some(node) = dy_node {
+            let d = B::conv2d_forward(x, upstream.clone(), None, g);
+            grads.register::<B>(node.id, d);
+        }
+        if let Some(node) = x_node {
+            let wanted = Wanted {
+                x: true,
+                ..Wanted::default()
+            };
+            let d = B::conv2d_backward(dy, None, Some(upstream), g, wanted).x;
+            grads.register::<B>(node.id, d.expect("asked for"));
+        }
+    }
+}
+
+/// The backward step of the input gradient `dx(dy; W)`, bilinear in its inputs:
+/// `<x̄, dx(dy; W)> = <conv(x̄, W), dy>`, so `dȳ = conv(x̄, W)` and `W̄ = dW(x̄, dy)`.
+#[derive(Debug)]
+struct InputGradStep;
+
+impl<B: ConvKernels> Backward<B, 2> for InputGradStep {
+    /// The checkpointed output gradient and weight, the input size and the padding.
+    type State = (NodeId, NodeId, [usize; 2], usize);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [dy_node, weight_node] = ops.parents;
+        let upstream = grads.consume::<B>(&ops.node);
+        let (dy_id, weight_id, in_hw, pad) = ops.state;
+        let dy: FloatTensor<B> = checkpointer.retrieve_node_output(dy_id);
+        let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_id);
+        let g = input_grad_geometry::<B>(&dy, &weight, in_hw, pad);
+        if let Some(node) = weight_node {
+            let wanted = Wanted {
+                weight: true,
+                ..Wanted::default()
+            };
+            let d = B::conv2d_backward(dy, Some(upstream.clone()), None, g, wanted).weight;
+            grads.register::<B>(node.id, d.expect("asked for"));
+        }
+        if let Some(node) = dy_node {
+            grads.register::<B>(node.id, B::conv2d_forward(upstream, weight, None, g));
+        }
+    }
+}
+
 impl<B: ConvKernels, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
     fn conv2d_fused(
         x: FloatTensor<Self>,
@@ -441,6 +706,7 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
         bias: FloatTensor<Self>,
         pad: usize,
     ) -> FloatTensor<Self> {
+        let g = Geometry::new(dims::<Self>(&x), dims::<Self>(&weight), pad);
         let prep = ConvStep
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
@@ -452,17 +718,101 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
                 let y = B::conv2d_forward(
                     x.into_primitive(),
                     weight.into_primitive(),
-                    bias.into_primitive(),
-                    pad,
+                    Some(bias.into_primitive()),
+                    g,
                 );
                 prep.finish((x_id, weight_id, pad), y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::conv2d_forward(
                 x.into_primitive(),
                 weight.into_primitive(),
-                bias.into_primitive(),
-                pad,
+                Some(bias.into_primitive()),
+                g,
             )),
+        }
+    }
+
+    fn conv2d_weight_grad_fused(
+        x: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        k: usize,
+        pad: usize,
+    ) -> FloatTensor<Self> {
+        let g = weight_grad_geometry::<Self>(&x, &dy, k, pad);
+        let wanted = Wanted {
+            weight: true,
+            ..Wanted::default()
+        };
+        let prep = WeightGradStep
+            .prepare::<C>([x.node(), dy.node()])
+            .compute_bound()
+            .stateful();
+        match prep {
+            OpsKind::Tracked(mut prep) => {
+                let (x_id, dy_id) = (prep.checkpoint(&x), prep.checkpoint(&dy));
+                let out = B::conv2d_backward(
+                    dy.into_primitive(),
+                    Some(x.into_primitive()),
+                    None,
+                    g,
+                    wanted,
+                );
+                prep.finish((x_id, dy_id, k, pad), out.weight.expect("asked for"))
+            }
+            OpsKind::UnTracked(prep) => {
+                let out = B::conv2d_backward(
+                    dy.into_primitive(),
+                    Some(x.into_primitive()),
+                    None,
+                    g,
+                    wanted,
+                );
+                prep.finish(out.weight.expect("asked for"))
+            }
+        }
+    }
+
+    fn conv2d_input_grad_fused(
+        dy: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        in_h: usize,
+        in_w: usize,
+        pad: usize,
+    ) -> FloatTensor<Self> {
+        let g = input_grad_geometry::<Self>(&dy, &weight, [in_h, in_w], pad);
+        let wanted = Wanted {
+            x: true,
+            ..Wanted::default()
+        };
+        let prep = InputGradStep
+            .prepare::<C>([dy.node(), weight.node()])
+            .compute_bound()
+            .stateful();
+        match prep {
+            OpsKind::Tracked(mut prep) => {
+                let (dy_id, weight_id) = (prep.checkpoint(&dy), prep.checkpoint(&weight));
+                let out = B::conv2d_backward(
+                    dy.into_primitive(),
+                    None,
+                    Some(weight.into_primitive()),
+                    g,
+                    wanted,
+                );
+                prep.finish(
+                    (dy_id, weight_id, [in_h, in_w], pad),
+                    out.x.expect("asked for"),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                let out = B::conv2d_backward(
+                    dy.into_primitive(),
+                    None,
+                    Some(weight.into_primitive()),
+                    g,
+                    wanted,
+                );
+                prep.finish(out.x.expect("asked for"))
+            }
         }
     }
 }
@@ -636,5 +986,74 @@ mod tests {
         let plain = host(conv2d(xf.clone(), wf.clone(), None, opts.clone()));
         let burn = host(burn::tensor::module::conv2d(xf, wf, None, opts));
         assert!(max_rel(&plain, &burn) < 1e-5);
+    }
+
+    /// The weight and input gradients as ops of their own (the student's hand-written
+    /// backward): their values against Burn's `conv2d_weight_backward` and
+    /// `conv_transpose2d`, and their gradients, with respect to both inputs, against
+    /// Burn's autodiff through those ops.
+    #[test]
+    fn gradient_ops_match_burn_and_differentiate_again() {
+        use burn::tensor::module::{conv_transpose2d, conv2d_weight_backward};
+        use burn::tensor::ops::ConvTransposeOptions;
+        let device = Device::flex().autodiff();
+        let mut rng = Rng::new(9);
+        for (xd, k, pad) in [
+            ([3, 2, 7, 5], 3, 1),
+            ([2, 3, 6, 6], 3, 0),
+            ([2, 1, 4, 5], 3, 2),
+        ] {
+            let [n, cin, h, w] = xd;
+            let cout = 4;
+            let (ho, wo) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
+            let x = random(&mut rng, xd, &device);
+            let wt = random(&mut rng, [cout, cin, k, k], &device);
+            let dy = random(&mut rng, [n, cout, ho, wo], &device);
+            let opts = ConvOptions::new([1, 1], [pad, pad], [1, 1], 1);
+            let topts = ConvTransposeOptions::new([1, 1], [pad, pad], [0, 0], [1, 1], 1);
+            let case = format!("{xd:?} k {k} pad {pad}");
+            // dW(x, dy), then a loss that is not linear in it, differentiated to x and dy.
+            let run_dw = |fused: bool| {
+                let (x, dy) = (x.clone().require_grad(), dy.clone().require_grad());
+                let dw = if fused {
+                    conv2d_weight_grad(x.clone(), dy.clone(), wt.dims(), opts.clone())
+                } else {
+                    conv2d_weight_backward(x.clone(), wt.clone(), dy.clone(), opts.clone())
+                };
+                let grads = dw.clone().sin().sum().backward();
+                let grad = |t: &Tensor<4>| host(t.grad(&grads).unwrap());
+                (host(dw.inner()), grad(&x), grad(&dy))
+            };
+            let (fused, burn) = (run_dw(true), run_dw(false));
+            assert!(max_rel(&fused.0, &burn.0) < 1e-4, "{case}: dW");
+            assert!(max_rel(&fused.1, &burn.1) < 1e-4, "{case}: dW's x gradient");
+            assert!(
+                max_rel(&fused.2, &burn.2) < 1e-4,
+                "{case}: dW's dy gradient"
+            );
+            // dx(dy; W), the same way, differentiated to dy and W.
+            let run_dx = |fused: bool| {
+                let (dy, wt) = (dy.clone().require_grad(), wt.clone().require_grad());
+                let dx = if fused {
+                    conv2d_input_grad(dy.clone(), wt.clone(), [h, w], opts.clone())
+                } else {
+                    conv_transpose2d(dy.clone(), wt.clone(), None, topts.clone())
+                };
+                assert_eq!(dx.dims(), xd, "{case}: dx's shape");
+                let grads = dx.clone().sin().sum().backward();
+                let grad = |t: &Tensor<4>| host(t.grad(&grads).unwrap());
+                (host(dx.inner()), grad(&dy), grad(&wt))
+            };
+            let (fused, burn) = (run_dx(true), run_dx(false));
+            assert!(max_rel(&fused.0, &burn.0) < 1e-4, "{case}: dx");
+            assert!(
+                max_rel(&fused.1, &burn.1) < 1e-4,
+                "{case}: dx's dy gradient"
+            );
+            assert!(
+                max_rel(&fused.2, &burn.2) < 1e-4,
+                "{case}: dx's weight gradient"
+            );
+        }
     }
 }

@@ -13,8 +13,7 @@
 //! hand-written gradient against Burn's autodiff gradient for every variant.
 
 use burn::tensor::activation::{sigmoid, softmax};
-use burn::tensor::module::{conv_transpose2d, conv2d_weight_backward};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
 use super::arch::{Act, Norm, Pool};
@@ -22,6 +21,7 @@ use super::convnet::ConvNet;
 use super::cross_entropy;
 use super::layers::{Conv, EPS, NormLayer, take};
 use super::{Body, NetError, Network};
+use crate::kernels::conv::{conv2d_input_grad, conv2d_weight_grad};
 
 /// Whether `net` can be a student (of MTT, or DC's matched network): the ConvNet family
 /// without BatchNorm, whose training step [`loss_and_grad`] writes out.
@@ -225,7 +225,7 @@ impl Tape {
         let spec = conv.spec;
         let wt = take(p, conv.w, [spec.cout, spec.cin, spec.k, spec.k]);
         let opts = ConvOptions::new([spec.stride; 2], [spec.pad; 2], [1, 1], 1);
-        let dw = conv2d_weight_backward(self.input.clone(), wt.clone(), dz.clone(), opts);
+        let dw = conv2d_weight_grad(self.input.clone(), dz.clone(), wt.dims(), opts.clone());
         grads.push((conv.w, dw.flatten(0, 3)));
         if let Some(b) = conv.b {
             grads.push((b, dz.clone().sum_dims(&[0, 2, 3]).flatten(0, 3)));
@@ -234,19 +234,7 @@ impl Tape {
             return None;
         }
         let [_, _, hin, win] = self.input.dims();
-        let [_, _, hz, wz] = dz.dims();
-        // conv_transpose2d gives (hz - 1) * stride - 2 pad + k rows; strides that dropped
-        // input rows get them back as padding_out.
-        let out_pad =
-            |s_in: usize, s_z: usize| s_in + 2 * spec.pad - ((s_z - 1) * spec.stride + spec.k);
-        let topts = ConvTransposeOptions::new(
-            [spec.stride; 2],
-            [spec.pad; 2],
-            [out_pad(hin, hz), out_pad(win, wz)],
-            [1, 1],
-            1,
-        );
-        Some(conv_transpose2d(dz, wt, None, topts))
+        Some(conv2d_input_grad(dz, wt, [hin, win], opts))
     }
 }
 
