@@ -17,6 +17,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Blocks of at least this many bytes are cached; smaller ones go to the system as usual.
 const LARGE: usize = 1 << 20;
+/// Allocations of at least this many bytes are counted (see [`buffers_allocated`]).
+const COUNTED: usize = 64 << 10;
+static BUFFERS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many blocks of at least 64 KiB this allocator has handed out, cached or fresh: on
+/// the CPU backend every op allocates its result, so over an iteration this counts the
+/// ops on activation-sized tensors (zero where the binary installed another allocator).
+pub fn buffers_allocated() -> usize {
+    BUFFERS.load(Ordering::Relaxed)
+}
+
+fn count(size: usize) {
+    if size >= COUNTED {
+        BUFFERS.fetch_add(1, Ordering::Relaxed);
+    }
+}
 /// Cached sizes are rounded up to a multiple of this, so near-equal requests share blocks.
 const GRAIN: usize = 64 << 10;
 /// The most bytes kept cached; beyond it the oldest blocks go back to the system. HaBa-DM's
@@ -124,6 +140,7 @@ impl CachingAllocator {
 
 unsafe impl GlobalAlloc for CachingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
         match large(layout) {
             Some(large) => unsafe { Self::alloc_large(large, None) },
             None => unsafe { System.alloc(layout) },
@@ -131,6 +148,7 @@ unsafe impl GlobalAlloc for CachingAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
         match large(layout) {
             Some(large) => unsafe { Self::alloc_large(large, Some(layout.size())) },
             None => unsafe { System.alloc_zeroed(layout) },
@@ -169,6 +187,9 @@ unsafe impl GlobalAlloc for CachingAllocator {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if layout.size() < LARGE && new_size < LARGE {
+            if layout.size() < COUNTED {
+                count(new_size);
+            }
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
         let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {

@@ -245,6 +245,11 @@ pub struct Measurement {
     pub peak_rss_bytes: Option<u64>,
     /// The most a GPU's allocator held after any iteration.
     pub peak_device_bytes: Option<u64>,
+    /// Host buffers of at least 64 KiB allocated per timed iteration (see
+    /// [`crate::alloc::buffers_allocated`]): on the CPU backend, about one per op on an
+    /// activation; `None` without the caching allocator.
+    #[serde(default)]
+    pub buffers_per_iteration: Option<f64>,
 }
 
 impl Measurement {
@@ -334,7 +339,11 @@ pub fn measure(
     let iters = settings.iterations(unit);
     let mut seconds = Vec::with_capacity(iters);
     let mut peak_device = None;
+    let mut buffers_before = 0;
     for i in 0..settings.warmup + iters {
+        if i == settings.warmup {
+            buffers_before = crate::alloc::buffers_allocated();
+        }
         let start = Instant::now();
         step(i)?;
         let elapsed = start.elapsed().as_secs_f64();
@@ -345,11 +354,13 @@ pub fn measure(
             peak_device = Some(peak_device.unwrap_or(0).max(usage.bytes_reserved));
         }
     }
+    let buffers = crate::alloc::buffers_allocated() - buffers_before;
     Ok(Measurement {
         unit,
         seconds,
         peak_rss_bytes: crate::device::peak_rss_bytes(),
         peak_device_bytes: peak_device,
+        buffers_per_iteration: (buffers > 0).then(|| buffers as f64 / iters as f64),
     })
 }
 

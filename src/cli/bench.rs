@@ -439,25 +439,33 @@ fn peak_megabytes(device: Option<u64>, rss: Option<u64>) -> String {
 
 fn print_table(rows: &[Row], s: &BenchSettings) {
     println!(
-        "{:<12} {:>10} {:>10} {:>9} {:>10} {:>10}",
-        "unit", "haba s", "torch s", "speed-up", "haba MB", "torch MB"
+        "{:<12} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10}",
+        "unit", "haba s", "torch s", "speed-up", "haba MB", "torch MB", "buffers"
     );
-    let line =
-        |name: &str, h: f64, t: Option<f64>, speedup: Option<f64>, hm: String, tm: String| {
-            let t_s = t.map_or("-".into(), |t| format!("{t:.4}"));
-            let ratio = speedup.map_or("-".into(), |r| format!("{r:.2}x"));
-            println!("{name:<12} {h:>10.4} {t_s:>10} {ratio:>9} {hm:>10} {tm:>10}");
-        };
+    let line = |name: &str,
+                h: f64,
+                t: Option<f64>,
+                speedup: Option<f64>,
+                [hm, tm]: [String; 2],
+                buffers: Option<f64>| {
+        let t_s = t.map_or("-".into(), |t| format!("{t:.4}"));
+        let ratio = speedup.map_or("-".into(), |r| format!("{r:.2}x"));
+        let b = buffers.map_or("-".into(), |b| format!("{b:.0}"));
+        println!("{name:<12} {h:>10.4} {t_s:>10} {ratio:>9} {hm:>10} {tm:>10} {b:>10}");
+    };
     for r in rows {
         line(
             &r.unit,
             r.haba_seconds,
             r.torch_seconds,
             r.speedup,
-            peak_megabytes(r.haba.peak_device_bytes, r.haba.peak_rss_bytes),
-            r.torch.as_ref().map_or("-".into(), |t| {
-                peak_megabytes(t.peak_device_bytes, t.peak_rss_bytes)
-            }),
+            [
+                peak_megabytes(r.haba.peak_device_bytes, r.haba.peak_rss_bytes),
+                r.torch.as_ref().map_or("-".into(), |t| {
+                    peak_megabytes(t.peak_device_bytes, t.peak_rss_bytes)
+                }),
+            ],
+            r.haba.buffers_per_iteration,
         );
     }
     if let Some(r) = rows.iter().find(|r| r.unit == Unit::TrainStep.name()) {
@@ -467,8 +475,8 @@ fn print_table(rows: &[Row], s: &BenchSettings) {
             r.haba_seconds * steps,
             r.torch_seconds.map(|t| t * steps),
             r.speedup,
-            "-".into(),
-            "-".into(),
+            ["-".into(), "-".into()],
+            None,
         );
         println!(
             "(expert-epoch = {} train-steps of {} images: {} training images)",
@@ -478,6 +486,8 @@ fn print_table(rows: &[Row], s: &BenchSettings) {
         );
     }
     println!(
-        "speed-up = PyTorch's median time / haba's; above 1, haba is faster. MB: peak memory."
+        "speed-up = PyTorch's median time / haba's; above 1, haba is faster. MB: peak memory. \
+         buffers: haba's host buffers of 64 KiB or more allocated per iteration (on the CPU \
+         about one per op on an activation)."
     );
 }

@@ -69,7 +69,7 @@ fn lane_sum(plane: &[f32], f: impl Fn(usize, f32) -> f32) -> f32 {
 }
 
 /// Mean and `1 / sqrt(var + eps)` of one plane (two passes: the centred variance).
-fn moments(plane: &[f32]) -> (f32, f32) {
+pub(super) fn moments(plane: &[f32]) -> (f32, f32) {
     let len = plane.len() as f32;
     let mean = lane_sum(plane, |_, v| v) / len;
     let var = lane_sum(plane, |_, v| (v - mean) * (v - mean)) / len;

@@ -17,13 +17,15 @@
 //! the impls here are for the unfused `CubeBackend` (our Burn features), so turning fusion
 //! on is a compile error here until a `Fusion` impl is written.
 //!
-//! [`affine`] has WGSL kernels; [`conv`], [`instance_norm`] and [`resample`] are fused on the
-//! CPU backend only.
+//! [`affine`] has WGSL kernels; [`conv`], [`instance_norm`], [`pointwise`], [`resample`] and
+//! [`standardise`] are fused on the CPU backend only.
 
 pub mod affine;
 pub mod conv;
 pub mod instance_norm;
+pub mod pointwise;
 pub mod resample;
+pub mod standardise;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{CubeDevice, DispatchDevice, Flex};

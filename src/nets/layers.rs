@@ -422,22 +422,25 @@ pub fn avg_pool(x: Tensor<4>, k: usize) -> Tensor<4> {
     avg_pool2d(x, AvgPoolOptions::new([k, k]))
 }
 
-/// 2x2 average pooling as a reshape and two sums. Same numbers as `avg_pool2d`, but its
-/// backward is a broadcast, where Burn's CPU `avg_pool2d` backward walks the gradient one
-/// element at a time (it was a seventh of a ConvNet training step).
+/// 2x2 average pooling: on the CPU backend one fused op over every thread (see
+/// [`crate::kernels::pointwise`]), elsewhere a reshape and two sums. Same numbers as
+/// `avg_pool2d`, but its backward is a broadcast, where Burn's CPU `avg_pool2d` backward
+/// walks the gradient one element at a time (it was a seventh of a ConvNet training step).
 fn avg_pool2(x: Tensor<4>) -> Tensor<4> {
-    let [n, c, h, w] = x.dims();
-    let (h2, w2) = (h / 2, w / 2);
-    let x = if h % 2 == 1 || w % 2 == 1 {
-        x.slice([0..n, 0..c, 0..2 * h2, 0..2 * w2])
-    } else {
-        x
-    };
-    x.reshape([n, c, h2, 2, w2, 2])
-        .sum_dim(5)
-        .sum_dim(3)
-        .reshape([n, c, h2, w2])
-        .mul_scalar(0.25)
+    crate::kernels::pointwise::avg_pool2(x, |x| {
+        let [n, c, h, w] = x.dims();
+        let (h2, w2) = (h / 2, w / 2);
+        let x = if h % 2 == 1 || w % 2 == 1 {
+            x.slice([0..n, 0..c, 0..2 * h2, 0..2 * w2])
+        } else {
+            x
+        };
+        x.reshape([n, c, h2, 2, w2, 2])
+            .sum_dim(5)
+            .sum_dim(3)
+            .reshape([n, c, h2, w2])
+            .mul_scalar(0.25)
+    })
 }
 
 /// [N, C, H, W] -> [N, C*H*W], as PyTorch's `view(N, -1)`.

@@ -22,6 +22,7 @@ use super::cross_entropy;
 use super::layers::{Conv, EPS, NormLayer, take};
 use super::{Body, NetError, Network};
 use crate::kernels::conv::{conv2d_input_grad, conv2d_weight_grad};
+use crate::kernels::{pointwise, standardise};
 
 /// Whether `net` can be a student (of MTT, or DC's matched network): the ConvNet family
 /// without BatchNorm, whose training step [`loss_and_grad`] writes out.
@@ -114,13 +115,21 @@ pub fn loss_and_grad(
 /// What one block's forward leaves for its backward.
 struct Tape {
     input: Tensor<4>,
-    /// Standardised conv output and the inverse std of each group, when normed.
-    normed: Option<(Tensor<4>, Tensor<3>)>,
+    /// Standardised conv output and what its backward reads, when normed.
+    normed: Option<(Tensor<4>, Standardised)>,
     /// Input of the activation (after the norm).
     pre_act: Tensor<4>,
     /// Output of the activation (input of the pooling).
     act: Tensor<4>,
     output: Tensor<4>,
+}
+
+/// What the norm's backward reads besides the standardised values.
+enum Standardised {
+    /// The norm's input, for the fused CPU ops ([`crate::kernels::standardise`]).
+    Fused(Tensor<4>),
+    /// The inverse std `[N, groups, 1]` of each group, for the tensor ops.
+    Ops(Tensor<3>),
 }
 
 impl Tape {
@@ -136,9 +145,21 @@ impl Tape {
             None => (z, None),
             Some(layer) => {
                 let (groups, [sc, sh, sw], wo, bo) = affine(layer, &z);
-                let (xhat, rstd) = standardise_groups(z, groups);
-                let y = xhat.clone() * take(p, wo, [1, sc, sh, sw]) + take(p, bo, [1, sc, sh, sw]);
-                (y, Some((xhat, rstd)))
+                let (xhat, stats) = if standardise::fusable(&z, groups) {
+                    (
+                        standardise::standardise(z.clone(), groups),
+                        Standardised::Fused(z),
+                    )
+                } else {
+                    let (xhat, rstd) = standardise_groups(z, groups);
+                    (xhat, Standardised::Ops(rstd))
+                };
+                let y = if sh == 1 && sw == 1 {
+                    pointwise::channel_affine(xhat.clone(), take(p, wo, [sc]), take(p, bo, [sc]))
+                } else {
+                    xhat.clone() * take(p, wo, [1, sc, sh, sw]) + take(p, bo, [1, sc, sh, sw])
+                };
+                (y, Some((xhat, stats)))
             }
         };
         let act = super::layers::activate(pre_act.clone(), body.cfg.act);
@@ -173,7 +194,9 @@ impl Tape {
         let [n, c, h, w] = self.act.dims();
         let dact = match body.cfg.pool {
             Pool::None => dout,
-            Pool::Avg => unpool(dout.div_scalar(4.0), [h, w]),
+            Pool::Avg => pointwise::avg_pool2_adjoint(dout, [h, w], |dout| {
+                unpool(dout.div_scalar(4.0), [h, w])
+            }),
             Pool::Max => {
                 let up = unpool(self.output.clone(), [h, w]);
                 let hit = self.act.clone().equal(up).float();
@@ -183,9 +206,9 @@ impl Tape {
         // Activation.
         let u = self.pre_act;
         let dpre = match body.cfg.act {
-            // 1 where the output is positive, as a constant factor: two branch-free passes
-            // where a mask fill branches on every element (an eighth of an MTT iteration).
-            Act::Relu => dact * self.act.detach().greater_elem(0.0).float(),
+            // Where the output is positive: one pass, where a mask fill branched on every
+            // element (an eighth of an MTT iteration).
+            Act::Relu => pointwise::mask_positive(dact, self.act),
             Act::LeakyRelu => {
                 let neg = u.lower_elem(0.0);
                 dact.clone().mask_where(neg, dact.mul_scalar(0.01))
@@ -201,25 +224,29 @@ impl Tape {
         };
         // Norm: y = xhat * weight + bias, xhat standardised per group.
         let dz = match (norm, self.normed) {
-            (Some(layer), Some((xhat, rstd))) => {
+            (Some(layer), Some((xhat, stats))) => {
                 let (groups, [sc, sh, sw], wo, bo) = affine(layer, &xhat);
-                let per_channel = sh == 1 && sw == 1;
-                let reduce = |t: Tensor<4>| {
-                    if per_channel {
-                        t.sum_dims(&[0, 2, 3]).flatten(0, 3)
-                    } else {
-                        t.sum_dim(0).flatten(0, 3)
-                    }
+                let dxhat = if sh == 1 && sw == 1 {
+                    // Per-channel weights (instance and group norm).
+                    grads.push((wo, pointwise::channel_dot(dpre.clone(), xhat.clone())));
+                    grads.push((bo, dpre.clone().sum_dims(&[0, 2, 3]).flatten(0, 3)));
+                    pointwise::channel_scale(dpre, take(p, wo, [sc]))
+                } else {
+                    grads.push((wo, (dpre.clone() * xhat.clone()).sum_dim(0).flatten(0, 3)));
+                    grads.push((bo, dpre.clone().sum_dim(0).flatten(0, 3)));
+                    dpre * take(p, wo, [1, sc, sh, sw])
                 };
-                grads.push((wo, reduce(dpre.clone() * xhat.clone())));
-                grads.push((bo, reduce(dpre.clone())));
-                let dxhat = dpre * take(p, wo, [1, sc, sh, sw]);
-                // The norm's output is the activation's input: the same dims as `act`.
-                let g = |t: Tensor<4>| t.reshape([n, groups, c / groups * h * w]);
-                let (dxh, xh) = (g(dxhat), g(xhat.clone()));
-                let m1 = dxh.clone().mean_dim(2);
-                let m2 = (dxh.clone() * xh.clone()).mean_dim(2);
-                ((dxh - m1 - xh * m2) * rstd).reshape(xhat.dims())
+                match stats {
+                    Standardised::Fused(z) => standardise::standardise_backward(dxhat, z, groups),
+                    Standardised::Ops(rstd) => {
+                        // The norm's output is the activation's input: the dims of `act`.
+                        let g = |t: Tensor<4>| t.reshape([n, groups, c / groups * h * w]);
+                        let (dxh, xh) = (g(dxhat), g(xhat.clone()));
+                        let m1 = dxh.clone().mean_dim(2);
+                        let m2 = (dxh.clone() * xh.clone()).mean_dim(2);
+                        ((dxh - m1 - xh * m2) * rstd).reshape(xhat.dims())
+                    }
+                }
             }
             _ => dpre,
         };
