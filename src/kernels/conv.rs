@@ -288,6 +288,31 @@ fn fold(g: &Geometry, col: &[f32], dx: &mut [f32]) {
     }
 }
 
+thread_local! {
+    /// Each thread's unfolded-input buffer, kept between calls: zeroing and faulting in a
+    /// fresh one per sample cost a twentieth of an MTT iteration.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest scratch buffer a thread keeps (4 Mi values, 16 MB); larger ones are fresh.
+const SCRATCH_KEPT: usize = 1 << 22;
+
+/// Runs `f` on this thread's scratch buffer of `len` values, whose contents are whatever
+/// the last user left (every user overwrites what it reads). `f` must not start Rayon
+/// work, which could run another user on this thread while the buffer is lent.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    if len > SCRATCH_KEPT {
+        return f(&mut vec![0.0; len]);
+    }
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
 /// A matrix inside a slice: `rows × cols`, element `(i, j)` at `i * rs + j * cs`.
 #[derive(Clone, Copy)]
 struct Mat<'a> {
@@ -408,18 +433,17 @@ impl ConvKernels for Flex {
         let mut y = vec![0.0f32; g.n * g.out_len()];
         y.par_chunks_mut(g.out_len())
             .zip(values(&x).par_chunks(g.in_len()))
-            .for_each_init(
-                || vec![0.0f32; taps * pixels],
-                |col, (out, xs)| {
+            .for_each(|(out, xs)| {
+                with_scratch(taps * pixels, |col| {
                     unfold(&g, xs, col);
                     matmul(out, false, w, Mat::rows(col, taps, pixels));
-                    if let Some(b) = b {
-                        for (plane, &bias) in out.chunks_exact_mut(pixels).zip(b) {
-                            plane.iter_mut().for_each(|v| *v += bias);
-                        }
+                });
+                if let Some(b) = b {
+                    for (plane, &bias) in out.chunks_exact_mut(pixels).zip(b) {
+                        plane.iter_mut().for_each(|v| *v += bias);
                     }
-                },
-            );
+                }
+            });
         flex(y, &g.y_dims())
     }
 
@@ -458,25 +482,26 @@ impl ConvKernels for Flex {
                 let samples = c * per_chunk..((c + 1) * per_chunk).min(g.n);
                 let mut dw = vec![0.0f32; if wanted.weight { g.cout * taps } else { 0 }];
                 let mut db = vec![0.0f32; if wanted.bias { g.cout } else { 0 }];
-                let mut col = vec![0.0f32; taps * pixels];
-                for (i, s) in samples.clone().enumerate() {
-                    let dy_s = &dys[s * g.out_len()..][..g.out_len()];
-                    let dy_m = Mat::rows(dy_s, g.cout, pixels);
-                    if let Some(xs) = xs {
-                        unfold(&g, &xs[s * g.in_len()..][..g.in_len()], &mut col);
-                        matmul(&mut dw, i > 0, dy_m, Mat::rows(&col, taps, pixels).t());
-                    }
-                    if wanted.bias {
-                        for (d, plane) in db.iter_mut().zip(dy_s.chunks_exact(pixels)) {
-                            *d += plane.iter().sum::<f32>();
+                with_scratch(taps * pixels, |col| {
+                    for (i, s) in samples.clone().enumerate() {
+                        let dy_s = &dys[s * g.out_len()..][..g.out_len()];
+                        let dy_m = Mat::rows(dy_s, g.cout, pixels);
+                        if let Some(xs) = xs {
+                            unfold(&g, &xs[s * g.in_len()..][..g.in_len()], col);
+                            matmul(&mut dw, i > 0, dy_m, Mat::rows(col, taps, pixels).t());
+                        }
+                        if wanted.bias {
+                            for (d, plane) in db.iter_mut().zip(dy_s.chunks_exact(pixels)) {
+                                *d += plane.iter().sum::<f32>();
+                            }
+                        }
+                        if let Some(w) = w {
+                            // `col` is free again: it holds Wᵀ · dy[s] before the fold.
+                            matmul(col, false, w.t(), dy_m);
+                            fold(&g, col, &mut dx_chunk[i * g.in_len()..][..g.in_len()]);
                         }
                     }
-                    if let Some(w) = w {
-                        // `col` is free again: it holds Wᵀ · dy[s] before the fold.
-                        matmul(&mut col, false, w.t(), dy_m);
-                        fold(&g, &col, &mut dx_chunk[i * g.in_len()..][..g.in_len()]);
-                    }
-                }
+                });
                 (dw, db)
             })
             .unzip();
