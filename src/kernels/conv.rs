@@ -465,8 +465,16 @@ impl ConvKernels for Flex {
         let dys = values(&dy);
         let xs = x.as_ref().map(values);
         let w = weight.as_ref().map(|t| Mat::rows(values(t), g.cout, taps));
-        // A few chunks of samples per thread, each with its own partial dW and db.
-        let per_chunk = g.n.div_ceil(4 * rayon::current_num_threads()).max(1);
+        // Chunks of samples, each with its own partial dW and db: a few per thread, or one
+        // per thread for small batches (10 samples in 5 chunks of 2 left one of two threads
+        // idle for a fifth of the backward).
+        let threads = rayon::current_num_threads().max(1);
+        let per_chunk = if g.n < 4 * threads {
+            g.n.div_ceil(threads)
+        } else {
+            g.n.div_ceil(4 * threads)
+        }
+        .max(1);
         let mut dx = vec![0.0f32; if wanted.x { g.n * g.in_len() } else { 0 }];
         let dx_chunks: Vec<&mut [f32]> = if wanted.x {
             dx.chunks_mut(per_chunk * g.in_len()).collect()
