@@ -401,6 +401,34 @@ pub trait ConvKernels: Backend {
         g: Geometry,
         wanted: Wanted,
     ) -> Grads<Self>;
+
+    /// The weight gradient alone: [`Self::conv2d_backward`] asked for `dweight` only.
+    fn conv2d_weight_grad(
+        dy: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        g: Geometry,
+    ) -> FloatTensor<Self> {
+        let wanted = Wanted {
+            weight: true,
+            ..Wanted::default()
+        };
+        let out = Self::conv2d_backward(dy, Some(x), None, g, wanted);
+        out.weight.expect("asked for")
+    }
+
+    /// The input gradient alone: [`Self::conv2d_backward`] asked for `dx` only.
+    fn conv2d_input_grad(
+        dy: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        g: Geometry,
+    ) -> FloatTensor<Self> {
+        let wanted = Wanted {
+            x: true,
+            ..Wanted::default()
+        };
+        let out = Self::conv2d_backward(dy, None, Some(weight), g, wanted);
+        out.x.expect("asked for")
+    }
 }
 
 /// Which gradients the graph needs: an untracked input's is never computed.
@@ -596,13 +624,7 @@ impl ConvBackend for Flex {
 
     fn conv2d_weight_grad_fused(x: FlexTensor, dy: FlexTensor, k: usize, pad: usize) -> FlexTensor {
         let g = weight_grad_geometry::<Flex>(&x, &dy, k, pad);
-        let wanted = Wanted {
-            weight: true,
-            ..Wanted::default()
-        };
-        Self::conv2d_backward(dy, Some(x), None, g, wanted)
-            .weight
-            .expect("asked for")
+        Self::conv2d_weight_grad(dy, x, g)
     }
 
     fn conv2d_input_grad_fused(
@@ -613,13 +635,7 @@ impl ConvBackend for Flex {
         pad: usize,
     ) -> FlexTensor {
         let g = input_grad_geometry::<Flex>(&dy, &weight, [in_h, in_w], pad);
-        let wanted = Wanted {
-            x: true,
-            ..Wanted::default()
-        };
-        Self::conv2d_backward(dy, None, Some(weight), g, wanted)
-            .x
-            .expect("asked for")
+        Self::conv2d_input_grad(dy, weight, g)
     }
 }
 
@@ -687,12 +703,7 @@ impl<B: ConvKernels> Backward<B, 2> for WeightGradStep {
             grads.register::<B>(node.id, d);
         }
         if let Some(node) = x_node {
-            let wanted = Wanted {
-                x: true,
-                ..Wanted::default()
-            };
-            let d = B::conv2d_backward(dy, None, Some(upstream), g, wanted).x;
-            grads.register::<B>(node.id, d.expect("asked for"));
+            grads.register::<B>(node.id, B::conv2d_input_grad(dy, upstream, g));
         }
     }
 }
@@ -719,12 +730,8 @@ impl<B: ConvKernels> Backward<B, 2> for InputGradStep {
         let weight: FloatTensor<B> = checkpointer.retrieve_node_output(weight_id);
         let g = input_grad_geometry::<B>(&dy, &weight, in_hw, pad);
         if let Some(node) = weight_node {
-            let wanted = Wanted {
-                weight: true,
-                ..Wanted::default()
-            };
-            let d = B::conv2d_backward(dy, Some(upstream.clone()), None, g, wanted).weight;
-            grads.register::<B>(node.id, d.expect("asked for"));
+            let d = B::conv2d_weight_grad(dy, upstream.clone(), g);
+            grads.register::<B>(node.id, d);
         }
         if let Some(node) = dy_node {
             grads.register::<B>(node.id, B::conv2d_forward(upstream, weight, None, g));
@@ -772,36 +779,19 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
         pad: usize,
     ) -> FloatTensor<Self> {
         let g = weight_grad_geometry::<Self>(&x, &dy, k, pad);
-        let wanted = Wanted {
-            weight: true,
-            ..Wanted::default()
+        let grad = |x: FloatTensor<Self>, dy: FloatTensor<Self>| {
+            B::conv2d_weight_grad(dy.into_primitive(), x.into_primitive(), g)
         };
-        let prep = WeightGradStep
+        match WeightGradStep
             .prepare::<C>([x.node(), dy.node()])
             .compute_bound()
-            .stateful();
-        match prep {
+            .stateful()
+        {
             OpsKind::Tracked(mut prep) => {
                 let (x_id, dy_id) = (prep.checkpoint(&x), prep.checkpoint(&dy));
-                let out = B::conv2d_backward(
-                    dy.into_primitive(),
-                    Some(x.into_primitive()),
-                    None,
-                    g,
-                    wanted,
-                );
-                prep.finish((x_id, dy_id, k, pad), out.weight.expect("asked for"))
+                prep.finish((x_id, dy_id, k, pad), grad(x, dy))
             }
-            OpsKind::UnTracked(prep) => {
-                let out = B::conv2d_backward(
-                    dy.into_primitive(),
-                    Some(x.into_primitive()),
-                    None,
-                    g,
-                    wanted,
-                );
-                prep.finish(out.weight.expect("asked for"))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(grad(x, dy)),
         }
     }
 
@@ -813,67 +803,30 @@ impl<B: ConvKernels, C: CheckpointStrategy> ConvBackend for Autodiff<B, C> {
         pad: usize,
     ) -> FloatTensor<Self> {
         let g = input_grad_geometry::<Self>(&dy, &weight, [in_h, in_w], pad);
-        let wanted = Wanted {
-            x: true,
-            ..Wanted::default()
+        let grad = |dy: FloatTensor<Self>, weight: FloatTensor<Self>| {
+            B::conv2d_input_grad(dy.into_primitive(), weight.into_primitive(), g)
         };
-        let prep = InputGradStep
+        match InputGradStep
             .prepare::<C>([dy.node(), weight.node()])
             .compute_bound()
-            .stateful();
-        match prep {
+            .stateful()
+        {
             OpsKind::Tracked(mut prep) => {
                 let (dy_id, weight_id) = (prep.checkpoint(&dy), prep.checkpoint(&weight));
-                let out = B::conv2d_backward(
-                    dy.into_primitive(),
-                    None,
-                    Some(weight.into_primitive()),
-                    g,
-                    wanted,
-                );
-                prep.finish(
-                    (dy_id, weight_id, [in_h, in_w], pad),
-                    out.x.expect("asked for"),
-                )
+                prep.finish((dy_id, weight_id, [in_h, in_w], pad), grad(dy, weight))
             }
-            OpsKind::UnTracked(prep) => {
-                let out = B::conv2d_backward(
-                    dy.into_primitive(),
-                    None,
-                    Some(weight.into_primitive()),
-                    g,
-                    wanted,
-                );
-                prep.finish(out.x.expect("asked for"))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(grad(dy, weight)),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     use super::*;
+    use crate::kernels::testing::{host, max_rel, random};
     use crate::rng::Rng;
-
-    fn random<const D: usize>(rng: &mut Rng, dims: [usize; D], device: &Device) -> Tensor<D> {
-        let n = dims.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
-        Tensor::from_data(TensorData::new(v, dims), device)
-    }
-
-    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
-    }
-
-    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-            .fold(0.0, f32::max)
-    }
 
     /// `y[n, o, i, j] = b[o] + Σ x[n, c, i + u - p, j + v - p] w[o, c, u, v]` in float64
     /// loops, for one output value.

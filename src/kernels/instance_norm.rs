@@ -258,25 +258,8 @@ mod tests {
     use burn::tensor::Device;
 
     use super::*;
+    use crate::kernels::testing::{host, max_rel, random};
     use crate::rng::Rng;
-
-    fn random<const D: usize>(rng: &mut Rng, dims: [usize; D], device: &Device) -> Tensor<D> {
-        let n = dims.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.normal() * 2.0 + 0.5).collect();
-        Tensor::from_data(TensorData::new(v, dims), device)
-    }
-
-    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
-    }
-
-    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-            .fold(0.0, f32::max)
-    }
 
     /// The fused op against the tensor ops, values and gradients for x, weight and bias,
     /// with a non-trivial upstream gradient.

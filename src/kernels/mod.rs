@@ -86,3 +86,29 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
 fn flex(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
+
+/// What the fused ops' tests share: random tensors, their values, relative differences.
+#[cfg(test)]
+mod testing {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use crate::rng::Rng;
+
+    pub fn random<const D: usize>(rng: &mut Rng, dims: [usize; D], device: &Device) -> Tensor<D> {
+        let v: Vec<f32> = (0..dims.iter().product()).map(|_| rng.normal()).collect();
+        Tensor::from_data(TensorData::new(v, dims), device)
+    }
+
+    pub fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    /// The largest `|a - b| / (1 + |b|)` over equally long slices.
+    pub fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0.0, f32::max)
+    }
+}

@@ -502,19 +502,11 @@ impl<B: PointwiseKernels, C: CheckpointStrategy> PointwiseBackend for Autodiff<B
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     use super::*;
+    use crate::kernels::testing::{host, random};
     use crate::rng::Rng;
-
-    fn random<const D: usize>(rng: &mut Rng, dims: [usize; D], device: &Device) -> Tensor<D> {
-        let v: Vec<f32> = (0..dims.iter().product()).map(|_| rng.normal()).collect();
-        Tensor::from_data(TensorData::new(v, dims), device)
-    }
-
-    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
-    }
 
     fn close(a: &[f32], b: &[f32], what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: lengths");

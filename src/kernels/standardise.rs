@@ -319,28 +319,12 @@ impl<B: StandardiseKernels, C: CheckpointStrategy> StandardiseBackend for Autodi
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
 
     use super::*;
+    use crate::kernels::testing::{host, max_rel, random};
     use crate::nets::EPS;
     use crate::rng::Rng;
-
-    fn random(rng: &mut Rng, dims: [usize; 4], device: &Device) -> Tensor<4> {
-        let v: Vec<f32> = (0..dims.iter().product()).map(|_| rng.normal()).collect();
-        Tensor::from_data(TensorData::new(v, dims), device)
-    }
-
-    fn host(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
-    }
-
-    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-            .fold(0.0, f32::max)
-    }
 
     /// `x̂` as tensor ops.
     fn reference(z: Tensor<4>, groups: usize) -> Tensor<4> {
