@@ -29,8 +29,8 @@ use crate::data::index_tensor;
 use crate::error::{Error, Result};
 use crate::haba::{Factorization, Hallucinators};
 use crate::nets::Arch;
-use crate::nets::Network;
-use crate::nets::student::{check_student, loss_and_grad};
+use crate::nets::student::{check_student, loss_and_piece_grads};
+use crate::nets::{Network, ParamPieces};
 use crate::optim::{Sgd, descend};
 use crate::rng::Rng;
 
@@ -398,11 +398,11 @@ impl Mtt {
         &self,
         fact: &Factorization,
         syn: &Synthetic<'_>,
-        params: &Tensor<1>,
+        params: &ParamPieces,
         d: &Draw,
-    ) -> Result<Tensor<1>> {
+    ) -> Result<ParamPieces> {
         let (x, y) = Self::batch(fact, syn, d)?;
-        Ok(loss_and_grad(&self.student, params, x, &y)?.1)
+        Ok(loss_and_piece_grads(&self.student, params, x, &y)?.1)
     }
 
     /// The loss on the graph of every step (the reference's way).
@@ -414,7 +414,7 @@ impl Mtt {
         draws: &[Draw],
         lr: &Tensor<1>,
     ) -> Result<Tensor<1>> {
-        let theta = self.walk(syn.fact, syn, start, draws, lr, |_| {})?;
+        let theta = self.walk(syn.fact, syn, start, draws, lr, |_| {})?.flat();
         let span = (start.clone() - target.clone()).square().sum();
         Ok((theta - target.clone()).square().sum() / span)
     }
@@ -428,13 +428,19 @@ impl Mtt {
         start: &Tensor<1>,
         draws: &[Draw],
         lr: &Tensor<1>,
-        mut visit: impl FnMut(&Tensor<1>),
-    ) -> Result<Tensor<1>> {
-        let mut theta = start.clone();
+        mut visit: impl FnMut(&ParamPieces),
+    ) -> Result<ParamPieces> {
+        let mut theta = ParamPieces::split(&self.student, start);
         for d in draws {
             let g = self.grad(fact, syn, &theta, d)?;
             visit(&theta);
-            theta = descend(theta, g, lr);
+            let next = theta
+                .pieces()
+                .iter()
+                .zip(g.into_pieces())
+                .map(|(t, g)| descend(t.clone(), g, lr))
+                .collect();
+            theta = theta.with_pieces(next);
         }
         Ok(theta)
     }
@@ -457,9 +463,11 @@ impl Mtt {
         let (start, target) = (constant(start.clone()), constant(target.clone()));
         // Forward without a graph, keeping θ_0 .. θ_{N-1}.
         let mut thetas = Vec::with_capacity(draws.len());
-        let theta = self.walk(&plain, syn, &start, draws, &alpha, |t| {
-            thetas.push(t.clone())
-        })?;
+        let theta = self
+            .walk(&plain, syn, &start, draws, &alpha, |t| {
+                thetas.push(t.clone())
+            })?
+            .flat();
         let span = (start - target.clone()).square().sum();
         let diff = theta - target;
         let loss = diff.clone().square().sum() / span.clone();
@@ -470,13 +478,24 @@ impl Mtt {
         let mut d_lr = alpha.zeros_like();
         let alpha4 = alpha.clone().reshape([1, 1, 1, 1]);
         for (d, theta) in draws.iter().zip(thetas).rev() {
-            let theta = theta.require_grad();
+            let theta = theta.with_pieces(
+                theta
+                    .pieces()
+                    .iter()
+                    .map(|t| t.clone().require_grad())
+                    .collect(),
+            );
             let fresh = refreshed(syn.fact, true);
             let g = self.grad(&fresh, syn, &theta, d)?;
             // s = <g_i, λ_{i+1}>: one backward gives H_i λ and ∂s/∂(bases, hallucinators).
-            let s = (g * adjoint.clone()).sum();
+            let s = (g.flat() * adjoint.clone()).sum();
             let grads = s.backward();
-            let hvp = grad_of(&theta, &grads, "student parameters")?;
+            let hvp = theta
+                .pieces()
+                .iter()
+                .map(|t| grad_of(t, &grads, "student parameters"))
+                .collect::<Result<Vec<_>>>()?;
+            let hvp = Tensor::cat(hvp, 0);
             d_bases = d_bases - grad_of(&fresh.bases, &grads, "bases")? * alpha4.clone();
             if let (Some(acc), Some(h)) = (d_hal.as_mut(), &fresh.hallucinators) {
                 *acc = acc.clone() - grad_of(&h.params, &grads, "hallucinators")? * alpha.clone();

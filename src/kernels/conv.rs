@@ -16,6 +16,7 @@
 //! [`crate::nets`] calls [`conv2d`], which takes this path on `flex` and Burn's
 //! convolution everywhere else (and for strides, dilations or groups this op lacks).
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
@@ -28,7 +29,7 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::{FlexTensor, flex, on_flex, values};
+use super::{FlexTensor, flex, on_flex, values, written};
 
 /// The padding, when the fused kernels take a convolution of `x_dims` `[N, Cin, H, W]` by
 /// `weight_dims` `[Cout, Cin, k, k]` with `options` whose output gradient (if any) has
@@ -350,8 +351,30 @@ impl<'a> Mat<'a> {
 
 /// `dst = a · b`, or `dst += a · b` when `accumulate`; `dst` is row-major, one thread.
 fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
+    // SAFETY: an initialised `f32` is an initialised `MaybeUninit<f32>`; `gemm` stores
+    // only `f32` values through it.
+    let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    // SAFETY: `dst` was initialised, so reading it (when accumulating) is sound.
+    unsafe { gemm_raw(dst, accumulate, a, b) };
+}
+
+/// `dst = a · b` into memory not yet written, which comes back initialised.
+fn matmul_into<'d>(dst: &'d mut [MaybeUninit<f32>], a: Mat, b: Mat) -> &'d mut [f32] {
+    // SAFETY: without `accumulate`, gemm never reads `dst`.
+    unsafe { gemm_raw(dst, false, a, b) };
+    // SAFETY: gemm wrote all `a.rows * b.cols` elements, which `gemm_raw` checked is the
+    // whole of `dst`.
+    unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// The product through `gemm`, on one thread.
+///
+/// # Safety
+/// With `accumulate`, `dst` must be initialised: gemm reads it.
+unsafe fn gemm_raw(dst: &mut [MaybeUninit<f32>], accumulate: bool, a: Mat, b: Mat) {
     assert_eq!(a.cols, b.rows, "inner dimensions");
     assert_eq!(dst.len(), a.rows * b.cols, "destination size");
+    let dst = dst.as_mut_ptr().cast::<f32>();
     // SAFETY: `Mat::rows` checked that every element either matrix names lies inside its
     // slice (a transpose names the same elements), the assert above does so for `dst`,
     // and `dst` is a unique borrow, so it aliases neither input.
@@ -360,7 +383,7 @@ fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
             a.rows,
             b.cols,
             a.cols,
-            dst.as_mut_ptr(),
+            dst,
             1,
             b.cols as isize,
             accumulate,
@@ -458,20 +481,19 @@ impl ConvKernels for Flex {
         let (taps, pixels) = (g.taps(), g.out_pixels());
         let w = Mat::rows(values(&weight), g.cout, taps);
         let b = bias.as_ref().map(values);
-        let mut y = vec![0.0f32; g.n * g.out_len()];
-        y.par_chunks_mut(g.out_len())
-            .zip(values(&x).par_chunks(g.in_len()))
-            .for_each(|(out, xs)| {
-                with_scratch(taps * pixels, |col| {
-                    unfold(&g, xs, col);
-                    matmul(out, false, w, Mat::rows(col, taps, pixels));
-                });
-                if let Some(b) = b {
-                    for (plane, &bias) in out.chunks_exact_mut(pixels).zip(b) {
-                        plane.iter_mut().for_each(|v| *v += bias);
-                    }
-                }
+        let xv = values(&x);
+        let y = written(g.n * g.out_len(), g.out_len(), |s, out| {
+            let xs = &xv[s * g.in_len()..][..g.in_len()];
+            let out = with_scratch(taps * pixels, |col| {
+                unfold(&g, xs, col);
+                matmul_into(out, w, Mat::rows(col, taps, pixels))
             });
+            if let Some(b) = b {
+                for (plane, &bias) in out.chunks_exact_mut(pixels).zip(b) {
+                    plane.iter_mut().for_each(|v| *v += bias);
+                }
+            }
+        });
         flex(y, &g.y_dims())
     }
 
@@ -549,13 +571,20 @@ impl ConvKernels for Flex {
     }
 }
 
-/// The element-wise sum of equally long partial results.
+/// The element-wise sum of equally long partial results, in their order, over Rayon's
+/// threads (a weight gradient's partial sums are 147,000 values at ConvNet-128's width).
 fn sum(parts: Vec<Vec<f32>>) -> Vec<f32> {
+    const CHUNK: usize = 1 << 14;
     let mut parts = parts.into_iter();
     let mut total = parts.next().unwrap_or_default();
-    for part in parts {
-        total.iter_mut().zip(part).for_each(|(t, v)| *t += v);
-    }
+    let rest: Vec<Vec<f32>> = parts.collect();
+    total.par_chunks_mut(CHUNK).enumerate().for_each(|(i, t)| {
+        for part in &rest {
+            t.iter_mut()
+                .zip(&part[i * CHUNK..])
+                .for_each(|(t, v)| *t += v);
+        }
+    });
     total
 }
 

@@ -29,6 +29,8 @@ pub mod standardise;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{CubeDevice, DispatchDevice, Flex};
+use std::mem::MaybeUninit;
+
 use burn::tensor::{Device, TensorData};
 
 /// The name cubecl gives a wgpu runtime whose compiler emits WGSL.
@@ -80,6 +82,37 @@ fn values(t: &FlexTensor) -> &[f32] {
 fn dims4(t: &FlexTensor) -> [usize; 4] {
     let s = t.layout().shape();
     [s[0], s[1], s[2], s[3]]
+}
+
+/// `n` values, written `chunk` at a time over Rayon's threads by `write(index, chunk)`,
+/// which must write every element of its chunk (with [`set`], or by loops that visibly
+/// cover it).
+///
+/// `vec![0.0; n]` zeroed each output on the calling thread before the parallel loop: a
+/// serial memset per op, a twentieth of an MTT iteration at 1 image per class. Here the
+/// memory is left as the allocator gives it and each thread writes its chunks once.
+fn written(
+    n: usize,
+    chunk: usize,
+    write: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| write(i, c));
+    // SAFETY: the chunks cover the first `n` elements and `write` initialised every one.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// Writes `values` into `out`, one per element; there must be at least as many.
+fn set(out: &mut [MaybeUninit<f32>], values: impl ExactSizeIterator<Item = f32>) {
+    assert!(values.len() >= out.len(), "a value for every element");
+    for (o, v) in out.iter_mut().zip(values) {
+        o.write(v);
+    }
 }
 
 /// A CPU tensor of `shape` holding `values`.

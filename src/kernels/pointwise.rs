@@ -1,4 +1,4 @@
-//! The ConvNet's cheap steps (a ReLU's mask, 2x2 average pooling, per-channel scales and
+//! The ConvNet's cheap steps (a ReLU and its mask, 2x2 average pooling, per-channel scales and
 //! sums) as fused CPU ops spread over Rayon's threads, each with its own backward.
 //!
 //! Burn's CPU backend runs an element-wise op on one thread below four million elements,
@@ -20,7 +20,7 @@ use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::{FlexTensor, dims4, flex, on_flex, values};
+use super::{FlexTensor, dims4, flex, on_flex, set, values, written};
 
 /// Values per parallel chunk of an element-wise op.
 const CHUNK: usize = 1 << 15;
@@ -30,6 +30,15 @@ pub fn fusable(tensors: &[&Tensor<4>]) -> bool {
     tensors
         .iter()
         .all(|t| on_flex(&t.device()) && t.dtype() == DType::F32 && t.dims().iter().all(|&d| d > 0))
+}
+
+/// `max(x, 0)`, as Burn's ReLU computes it (NaN stays NaN); its backward is
+/// [`mask_positive`] on its output.
+pub fn relu(x: Tensor<4>) -> Tensor<4> {
+    if !fusable(&[&x]) {
+        return burn::tensor::activation::relu(x);
+    }
+    Tensor::from_dispatch(Dispatch::relu_fused(x.into_dispatch()))
 }
 
 /// `g` where `act > 0`, else 0 (a ReLU's backward from its output `act`). Linear in `g`;
@@ -111,6 +120,7 @@ pub fn channel_affine(x: Tensor<4>, w: Tensor<1>, b: Tensor<1>) -> Tensor<4> {
 
 /// The computations on an execution backend (no autodiff).
 pub trait PointwiseKernels: Backend {
+    fn relu_forward(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn mask_positive_forward(g: FloatTensor<Self>, act: FloatTensor<Self>) -> FloatTensor<Self>;
     fn avg_pool2_forward(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn avg_pool2_adjoint_forward(g: FloatTensor<Self>, h: usize, w: usize) -> FloatTensor<Self>;
@@ -128,20 +138,28 @@ pub trait PointwiseKernels: Backend {
 }
 
 impl PointwiseKernels for Flex {
+    fn relu_forward(x: FlexTensor) -> FlexTensor {
+        let x = x.to_contiguous();
+        let xs = values(&x);
+        let out = written(xs.len(), CHUNK, |i, o| {
+            let x = &xs[i * CHUNK..][..o.len()];
+            set(o, x.iter().map(|&x| if x <= 0.0 { 0.0 } else { x }));
+        });
+        flex(out, &dims4(&x))
+    }
+
     fn mask_positive_forward(g: FlexTensor, act: FlexTensor) -> FlexTensor {
         let (g, act) = (g.to_contiguous(), act.to_contiguous());
-        let mut out = vec![0.0f32; values(&g).len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(
-                values(&g)
-                    .par_chunks(CHUNK)
-                    .zip(values(&act).par_chunks(CHUNK)),
-            )
-            .for_each(|(o, (g, a))| {
-                for ((o, &g), &a) in o.iter_mut().zip(g).zip(a) {
-                    *o = if a > 0.0 { g } else { 0.0 };
-                }
-            });
+        let (gs, acts) = (values(&g), values(&act));
+        let out = written(gs.len(), CHUNK, |i, o| {
+            let (g, a) = (&gs[i * CHUNK..][..o.len()], &acts[i * CHUNK..][..o.len()]);
+            set(
+                o,
+                g.iter()
+                    .zip(a)
+                    .map(|(&g, &a)| if a > 0.0 { g } else { 0.0 }),
+            );
+        });
         flex(out, &dims4(&g))
     }
 
@@ -149,40 +167,39 @@ impl PointwiseKernels for Flex {
         let x = x.to_contiguous();
         let [n, c, h, w] = dims4(&x);
         let (h2, w2) = (h / 2, w / 2);
-        let mut out = vec![0.0f32; n * c * h2 * w2];
-        out.par_chunks_mut(h2 * w2)
-            .zip(values(&x).par_chunks(h * w))
-            .for_each(|(o, plane)| {
-                for (i, row) in o.chunks_exact_mut(w2).enumerate() {
-                    let (top, bottom) = (&plane[2 * i * w..][..w], &plane[(2 * i + 1) * w..][..w]);
-                    for (j, o) in row.iter_mut().enumerate() {
-                        let (a, b) = (
-                            top[2 * j] + top[2 * j + 1],
-                            bottom[2 * j] + bottom[2 * j + 1],
-                        );
-                        *o = (a + b) * 0.25;
-                    }
+        let xs = values(&x);
+        let out = written(n * c * h2 * w2, h2 * w2, |p, o| {
+            let plane = &xs[p * h * w..][..h * w];
+            for (i, row) in o.chunks_exact_mut(w2).enumerate() {
+                let (top, bottom) = (&plane[2 * i * w..][..w], &plane[(2 * i + 1) * w..][..w]);
+                for (j, o) in row.iter_mut().enumerate() {
+                    let (a, b) = (
+                        top[2 * j] + top[2 * j + 1],
+                        bottom[2 * j] + bottom[2 * j + 1],
+                    );
+                    o.write((a + b) * 0.25);
                 }
-            });
+            }
+        });
         flex(out, &[n, c, h2, w2])
     }
 
     fn avg_pool2_adjoint_forward(g: FlexTensor, h: usize, w: usize) -> FlexTensor {
         let g = g.to_contiguous();
         let [n, c, h2, w2] = dims4(&g);
-        let mut out = vec![0.0f32; n * c * h * w];
-        out.par_chunks_mut(h * w)
-            .zip(values(&g).par_chunks(h2 * w2))
-            .for_each(|(plane, g)| {
-                for (i, row) in g.chunks_exact(w2).enumerate() {
-                    for di in 0..2 {
-                        let dst = &mut plane[(2 * i + di) * w..][..2 * w2];
-                        for (pair, &v) in dst.chunks_exact_mut(2).zip(row) {
-                            pair.fill(v / 4.0);
-                        }
-                    }
+        let gs = values(&g);
+        let out = written(n * c * h * w, h * w, |p, plane| {
+            let g = &gs[p * h2 * w2..][..h2 * w2];
+            // Every row and column of the plane: a value over its window, zero in a last
+            // row or column pooling dropped.
+            for (r, dst) in plane.chunks_exact_mut(w).enumerate() {
+                let row = (r / 2 < h2).then(|| &g[r / 2 * w2..][..w2]);
+                for (c, d) in dst.iter_mut().enumerate() {
+                    let v = row.and_then(|row| row.get(c / 2)).map_or(0.0, |&v| v / 4.0);
+                    d.write(v);
                 }
-            });
+            }
+        });
         flex(out, &[n, c, h, w])
     }
 
@@ -192,20 +209,15 @@ impl PointwiseKernels for Flex {
         let [n, c, h, wd] = dims4(&x);
         let (ws, bs) = (values(&w), b.as_ref().map(values));
         let plane = h * wd;
-        let mut out = vec![0.0f32; n * c * plane];
-        out.par_chunks_mut(plane)
-            .zip(values(&x).par_chunks(plane))
-            .enumerate()
-            .for_each(|(p, (o, x))| {
-                let (scale, shift) = (ws[p % c], bs.map_or(0.0, |b| b[p % c]));
-                match bs {
-                    Some(_) => o
-                        .iter_mut()
-                        .zip(x)
-                        .for_each(|(o, &x)| *o = x * scale + shift),
-                    None => o.iter_mut().zip(x).for_each(|(o, &x)| *o = x * scale),
-                }
-            });
+        let xs = values(&x);
+        let out = written(n * c * plane, plane, |p, o| {
+            let x = &xs[p * plane..][..plane];
+            let (scale, shift) = (ws[p % c], bs.map_or(0.0, |b| b[p % c]));
+            match bs {
+                Some(_) => set(o, x.iter().map(|&x| x * scale + shift)),
+                None => set(o, x.iter().map(|&x| x * scale)),
+            }
+        });
         flex(out, &[n, c, h, wd])
     }
 
@@ -256,6 +268,7 @@ fn lanes(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
 /// The ops as Burn's dispatch sees them (see the module docs of [`crate::kernels`]).
 #[backend_extension(Autodiff, Flex)]
 pub trait PointwiseBackend: Backend {
+    fn relu_fused(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn mask_positive_fused(g: FloatTensor<Self>, act: FloatTensor<Self>) -> FloatTensor<Self>;
     fn avg_pool2_fused(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn avg_pool2_adjoint_fused(g: FloatTensor<Self>, h: usize, w: usize) -> FloatTensor<Self>;
@@ -269,6 +282,9 @@ pub trait PointwiseBackend: Backend {
 }
 
 impl PointwiseBackend for Flex {
+    fn relu_fused(x: FlexTensor) -> FlexTensor {
+        Self::relu_forward(x)
+    }
     fn mask_positive_fused(g: FlexTensor, act: FlexTensor) -> FlexTensor {
         Self::mask_positive_forward(g, act)
     }
@@ -296,7 +312,8 @@ fn hw<B: Backend>(t: &FloatTensor<B>) -> [usize; 2] {
     [s[2], s[3]]
 }
 
-/// Backward of [`mask_positive`]: the same mask on the upstream gradient.
+/// Backward of [`mask_positive`] (the same mask on the upstream gradient) and of
+/// [`relu`] (the mask of its output).
 #[derive(Debug)]
 struct MaskStep;
 
@@ -396,6 +413,16 @@ impl<B: PointwiseKernels> Backward<B, 2> for DotStep {
 }
 
 impl<B: PointwiseKernels, C: CheckpointStrategy> PointwiseBackend for Autodiff<B, C> {
+    fn relu_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match MaskStep.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = B::relu_forward(x.into_primitive());
+                prep.finish(out.clone(), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::relu_forward(x.into_primitive())),
+        }
+    }
+
     fn mask_positive_fused(g: FloatTensor<Self>, act: FloatTensor<Self>) -> FloatTensor<Self> {
         // `act` is untracked (detached by the caller): a constant of the graph.
         let act = act.into_primitive();
@@ -533,6 +560,21 @@ mod tests {
             let case = format!("{dims:?}");
             let leaf4 = |t: &Tensor<4>| t.clone().require_grad();
             let leaf1 = |t: &Tensor<1>| t.clone().require_grad();
+
+            // The ReLU, with a NaN and zeros among its inputs.
+            let mut xs = host(x.clone());
+            xs[0] = f32::NAN;
+            xs[1] = 0.0;
+            xs[2] = -0.0;
+            let xs = Tensor::<4>::from_data(burn::tensor::TensorData::new(xs, dims), &device);
+            let (r1, r2) = (leaf4(&xs), leaf4(&xs));
+            let (a, b) = (relu(r1.clone()), burn::tensor::activation::relu(r2.clone()));
+            let (ha, hb) = (host(a.clone().inner()), host(b.clone().inner()));
+            assert!(ha[0].is_nan() && hb[0].is_nan(), "{case} relu keeps NaN");
+            close(&ha[1..], &hb[1..], &format!("{case} relu"));
+            let (ga, gb) = (a.sin().sum().backward(), b.sin().sum().backward());
+            let (da, db) = (host(r1.grad(&ga).unwrap()), host(r2.grad(&gb).unwrap()));
+            close(&da[1..], &db[1..], "relu grad");
 
             // The mask: gradient to g only.
             let (g1, g2) = (leaf4(&x), leaf4(&x));

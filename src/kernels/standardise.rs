@@ -28,7 +28,7 @@ use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::instance_norm::moments;
-use super::{FlexTensor, dims4, flex, on_flex, values};
+use super::{FlexTensor, dims4, flex, on_flex, set, values, written};
 
 /// Whether the fused ops take `z` `[N, C, H, W]` in `groups` channel groups.
 pub fn fusable(z: &Tensor<4>, groups: usize) -> bool {
@@ -142,32 +142,32 @@ impl StandardiseKernels for Flex {
     fn standardise_forward(z: FlexTensor, groups: usize) -> FlexTensor {
         let z = z.to_contiguous();
         let m = row_len(&z, groups);
-        let mut out = vec![0.0f32; values(&z).len()];
-        out.par_chunks_mut(m)
-            .zip(values(&z).par_chunks(m))
-            .for_each(|(o, z)| {
-                let (mean, r) = moments(z);
-                o.iter_mut().zip(z).for_each(|(o, &z)| *o = (z - mean) * r);
-            });
+        let zs = values(&z);
+        let out = written(zs.len(), m, |i, o| {
+            let z = &zs[i * m..][..m];
+            let (mean, r) = moments(z);
+            set(o, z.iter().map(|&z| (z - mean) * r));
+        });
         flex(out, &dims4(&z))
     }
 
     fn standardise_grad(g: FlexTensor, z: FlexTensor, groups: usize) -> FlexTensor {
         let (g, z) = (g.to_contiguous(), z.to_contiguous());
         let m = row_len(&z, groups);
-        let mut out = vec![0.0f32; values(&z).len()];
-        out.par_chunks_mut(m)
-            .zip(values(&z).par_chunks(m).zip(values(&g).par_chunks(m)))
-            .for_each(|(o, (z, g))| {
-                let (mean, r) = moments(z);
-                let len = m as f32;
-                let [sum_g, sum_gc, ..] = row_sums(z, mean, g, &[]);
-                // mean(g x̂) = r Σ g c / m.
-                let (mean_g, mean_gx) = (sum_g / len, r * sum_gc / len);
-                for ((o, &z), &g) in o.iter_mut().zip(z).zip(g) {
-                    *o = r * (g - mean_g - (z - mean) * r * mean_gx);
-                }
-            });
+        let (zs, gs) = (values(&z), values(&g));
+        let out = written(zs.len(), m, |i, o| {
+            let (z, g) = (&zs[i * m..][..m], &gs[i * m..][..m]);
+            let (mean, r) = moments(z);
+            let len = m as f32;
+            let [sum_g, sum_gc, ..] = row_sums(z, mean, g, &[]);
+            // mean(g x̂) = r Σ g c / m.
+            let (mean_g, mean_gx) = (sum_g / len, r * sum_gc / len);
+            let values = z.iter().zip(g);
+            set(
+                o,
+                values.map(|(&z, &g)| r * (g - mean_g - (z - mean) * r * mean_gx)),
+            );
+        });
         flex(out, &dims4(&z))
     }
 

@@ -85,6 +85,19 @@ pub(super) fn take<const D: usize>(p: &Tensor<1>, offset: usize, shape: [usize; 
     p.clone().narrow(0, offset, n).reshape(shape)
 }
 
+/// Where a layer reads its parameters: the flat vector, or [`super::ParamPieces`].
+pub trait Params {
+    /// The parameter entry at `offset` (or, in the flat vector, any run of numbers there),
+    /// as a `D`-dimensional tensor.
+    fn take<const D: usize>(&self, offset: usize, shape: [usize; D]) -> Tensor<D>;
+}
+
+impl Params for Tensor<1> {
+    fn take<const D: usize>(&self, offset: usize, shape: [usize; D]) -> Tensor<D> {
+        take(self, offset, shape)
+    }
+}
+
 /// Shape of a square-kernel convolution; stride 1, no padding and a bias by default,
 /// like `nn.Conv2d`.
 #[derive(Clone, Copy, Debug)]
@@ -151,7 +164,7 @@ impl Conv {
         (s + 2 * pad).checked_sub(k).map(|d| d / stride + 1)
     }
 
-    pub fn apply(&self, p: &Tensor<1>, x: Tensor<4>) -> Tensor<4> {
+    pub fn apply(&self, p: &impl Params, x: Tensor<4>) -> Tensor<4> {
         let ConvSpec {
             cin,
             cout,
@@ -160,8 +173,8 @@ impl Conv {
             pad,
             ..
         } = self.spec;
-        let w = take(p, self.w, [cout, cin, k, k]);
-        let b = self.b.map(|b| take(p, b, [cout]));
+        let w = p.take(self.w, [cout, cin, k, k]);
+        let b = self.b.map(|b| p.take(b, [cout]));
         let opts = ConvOptions::new([stride; 2], [pad; 2], [1, 1], 1);
         conv2d(x, w, b, opts)
     }

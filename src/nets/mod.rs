@@ -23,7 +23,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use arch::{Act, Arch, ConvNetConfig, Norm, Pool};
-pub use layers::{EPS, Init, MOMENTUM, ParamEntry};
+pub use layers::{EPS, Init, MOMENTUM, ParamEntry, Params};
 
 use crate::data::ImageShape;
 use crate::rng::Rng;
@@ -254,6 +254,10 @@ impl Network {
             "{}: parameter vector length",
             self.arch
         );
+        self.check_images(x);
+    }
+
+    fn check_images(&self, x: &Tensor<4>) {
         let [_, c, h, w] = x.dims();
         let s = self.shape;
         assert!(
@@ -264,6 +268,82 @@ impl Network {
             s.height,
             s.width
         );
+    }
+}
+
+/// A network's parameters as one tensor per entry of [`Network::params`], in their order.
+///
+/// A slice of the flat vector differentiates into a zero-filled gradient of the whole
+/// vector (Burn's slice backward), which autodiff then adds to the vector's gradient: a
+/// student step reads twenty slices of its parameters, so one MTT step wrote and added
+/// twenty whole-vector gradients on one thread, a fifth of an iteration at 1 image per
+/// class. Pieces differentiate one by one; the flat vector is put together where a loss
+/// reads it ([`ParamPieces::flat`]).
+#[derive(Clone, Debug)]
+pub struct ParamPieces {
+    offsets: Vec<usize>,
+    pieces: Vec<Tensor<1>>,
+}
+
+impl ParamPieces {
+    /// `flat`'s entries, cut as `net` lays them out.
+    pub fn split(net: &Network, flat: &Tensor<1>) -> Self {
+        assert_eq!(
+            flat.dims()[0],
+            net.num_params(),
+            "{}: parameter vector length",
+            net.arch
+        );
+        let entries = net.params();
+        Self {
+            offsets: entries.iter().map(|e| e.offset).collect(),
+            pieces: entries
+                .iter()
+                .map(|e| layers::take(flat, e.offset, [e.numel()]))
+                .collect(),
+        }
+    }
+
+    /// Pieces laid out as `self`'s, e.g. a gradient of every entry.
+    pub fn with_pieces(&self, pieces: Vec<Tensor<1>>) -> Self {
+        assert_eq!(
+            pieces.len(),
+            self.pieces.len(),
+            "one tensor per parameter entry"
+        );
+        Self {
+            offsets: self.offsets.clone(),
+            pieces,
+        }
+    }
+
+    pub fn pieces(&self) -> &[Tensor<1>] {
+        &self.pieces
+    }
+
+    pub fn into_pieces(self) -> Vec<Tensor<1>> {
+        self.pieces
+    }
+
+    /// The flat parameter vector.
+    pub fn flat(&self) -> Tensor<1> {
+        Tensor::cat(self.pieces.clone(), 0)
+    }
+}
+
+impl Params for ParamPieces {
+    fn take<const D: usize>(&self, offset: usize, shape: [usize; D]) -> Tensor<D> {
+        let i = self
+            .offsets
+            .binary_search(&offset)
+            .expect("a piece starts at every parameter entry's offset");
+        let piece = &self.pieces[i];
+        assert_eq!(
+            piece.dims()[0],
+            shape.iter().product::<usize>(),
+            "a whole entry"
+        );
+        piece.clone().reshape(shape)
     }
 }
 

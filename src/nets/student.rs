@@ -19,8 +19,8 @@ use burn::tensor::{Tensor, TensorData};
 use super::arch::{Act, Norm, Pool};
 use super::convnet::ConvNet;
 use super::cross_entropy;
-use super::layers::{Conv, EPS, NormLayer, take};
-use super::{Body, NetError, Network};
+use super::layers::{Conv, EPS, NormLayer};
+use super::{Body, NetError, Network, ParamPieces, Params};
 use crate::kernels::conv::{conv2d_input_grad, conv2d_weight_grad};
 use crate::kernels::{pointwise, standardise};
 
@@ -54,11 +54,35 @@ pub fn loss_and_grad(
     images: Tensor<4>,
     labels: &[u16],
 ) -> Result<(Tensor<1>, Tensor<1>), NetError> {
+    net.check(params, &images);
+    let (loss, grads) = loss_and_grads(net, params, images, labels)?;
+    Ok((loss, Tensor::cat(grads, 0)))
+}
+
+/// [`loss_and_grad`] on parameters in pieces (MTT's student, see [`ParamPieces`]): the
+/// gradient comes back in the same pieces.
+pub fn loss_and_piece_grads(
+    net: &Network,
+    params: &ParamPieces,
+    images: Tensor<4>,
+    labels: &[u16],
+) -> Result<(Tensor<1>, ParamPieces), NetError> {
+    net.check_images(&images);
+    let (loss, grads) = loss_and_grads(net, params, images, labels)?;
+    Ok((loss, params.with_pieces(grads)))
+}
+
+/// The loss and the gradient of every entry of `net.params()`, in their order.
+fn loss_and_grads(
+    net: &Network,
+    params: &impl Params,
+    images: Tensor<4>,
+    labels: &[u16],
+) -> Result<(Tensor<1>, Vec<Tensor<1>>), NetError> {
     check_student(net)?;
     let Body::ConvNet(body) = &net.body else {
         unreachable!("checked above")
     };
-    net.check(params, &images);
     let [n, ..] = images.dims();
     if n != labels.len() || n == 0 {
         return Err(NetError::Invalid(format!(
@@ -80,8 +104,8 @@ pub fn loss_and_grad(
     let [_, c, h, w] = x.dims();
     let flat = x.reshape([n, c * h * w]);
     let head = &body.head;
-    let hw = take(params, head.w, [head.fout, head.fin]);
-    let logits = flat.clone().matmul(hw.clone().transpose()) + take(params, head.b, [1, head.fout]);
+    let hw = params.take(head.w, [head.fout, head.fin]);
+    let logits = flat.clone().matmul(hw.clone().transpose()) + params.take(head.b, [1, head.fout]);
     let loss = cross_entropy(logits.clone(), labels);
 
     // Backward: d(mean CE)/d logits = (softmax - one-hot) / N.
@@ -107,9 +131,8 @@ pub fn loss_and_grad(
     }
 
     grads.sort_by_key(|g| g.0);
-    let grad = Tensor::cat(grads.into_iter().map(|g| g.1).collect(), 0);
-    debug_assert_eq!(grad.dims()[0], net.num_params());
-    Ok((loss, grad))
+    debug_assert_eq!(grads.len(), net.params().len());
+    Ok((loss, grads.into_iter().map(|g| g.1).collect()))
 }
 
 /// What one block's forward leaves for its backward.
@@ -137,7 +160,7 @@ impl Tape {
         body: &ConvNet,
         conv: &Conv,
         norm: Option<&NormLayer>,
-        p: &Tensor<1>,
+        p: &impl Params,
         input: Tensor<4>,
     ) -> Self {
         let z = conv.apply(p, input.clone());
@@ -155,14 +178,17 @@ impl Tape {
                     (xhat, Standardised::Ops(rstd))
                 };
                 let y = if sh == 1 && sw == 1 {
-                    pointwise::channel_affine(xhat.clone(), take(p, wo, [sc]), take(p, bo, [sc]))
+                    pointwise::channel_affine(xhat.clone(), p.take(wo, [sc]), p.take(bo, [sc]))
                 } else {
-                    xhat.clone() * take(p, wo, [1, sc, sh, sw]) + take(p, bo, [1, sc, sh, sw])
+                    xhat.clone() * p.take(wo, [1, sc, sh, sw]) + p.take(bo, [1, sc, sh, sw])
                 };
                 (y, Some((xhat, stats)))
             }
         };
-        let act = super::layers::activate(pre_act.clone(), body.cfg.act);
+        let act = match body.cfg.act {
+            Act::Relu => pointwise::relu(pre_act.clone()),
+            other => super::layers::activate(pre_act.clone(), other),
+        };
         let output = match body.cfg.pool {
             Pool::None => act.clone(),
             Pool::Max => super::layers::max_pool2(act.clone()),
@@ -185,7 +211,7 @@ impl Tape {
         body: &ConvNet,
         conv: &Conv,
         norm: Option<&NormLayer>,
-        p: &Tensor<1>,
+        p: &impl Params,
         dout: Tensor<4>,
         want_dx: bool,
         grads: &mut Vec<(usize, Tensor<1>)>,
@@ -230,11 +256,11 @@ impl Tape {
                     // Per-channel weights (instance and group norm).
                     grads.push((wo, pointwise::channel_dot(dpre.clone(), xhat.clone())));
                     grads.push((bo, dpre.clone().sum_dims(&[0, 2, 3]).flatten(0, 3)));
-                    pointwise::channel_scale(dpre, take(p, wo, [sc]))
+                    pointwise::channel_scale(dpre, p.take(wo, [sc]))
                 } else {
                     grads.push((wo, (dpre.clone() * xhat.clone()).sum_dim(0).flatten(0, 3)));
                     grads.push((bo, dpre.clone().sum_dim(0).flatten(0, 3)));
-                    dpre * take(p, wo, [1, sc, sh, sw])
+                    dpre * p.take(wo, [1, sc, sh, sw])
                 };
                 match stats {
                     Standardised::Fused(z) => standardise::standardise_backward(dxhat, z, groups),
@@ -252,7 +278,7 @@ impl Tape {
         };
         // Convolution.
         let spec = conv.spec;
-        let wt = take(p, conv.w, [spec.cout, spec.cin, spec.k, spec.k]);
+        let wt = p.take(conv.w, [spec.cout, spec.cin, spec.k, spec.k]);
         let opts = ConvOptions::new([spec.stride; 2], [spec.pad; 2], [1, 1], 1);
         let dw = conv2d_weight_grad(self.input.clone(), dz.clone(), wt.dims(), opts.clone());
         grads.push((conv.w, dw.flatten(0, 3)));
