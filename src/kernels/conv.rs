@@ -29,7 +29,7 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::{FlexTensor, flex, on_flex, values, written};
+use super::{FlexTensor, flex, lanes, on_flex, values, written};
 
 /// The padding, when the fused kernels take a convolution of `x_dims` `[N, Cin, H, W]` by
 /// `weight_dims` `[Cout, Cin, k, k]` with `options` whose output gradient (if any) has
@@ -550,7 +550,7 @@ impl ConvKernels for Flex {
                         }
                         if wanted.bias {
                             for (d, plane) in db.iter_mut().zip(dy_s.chunks_exact(pixels)) {
-                                *d += plane.iter().sum::<f32>();
+                                *d += lanes(plane, plane, |a, _| a);
                             }
                         }
                         if let Some(w) = w {

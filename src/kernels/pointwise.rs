@@ -20,7 +20,7 @@ use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::{FlexTensor, dims4, flex, on_flex, set, values, written};
+use super::{FlexTensor, dims4, flex, lanes, on_flex, set, values, written};
 
 /// Values per parallel chunk of an element-wise op.
 const CHUNK: usize = 1 << 15;
@@ -102,6 +102,14 @@ pub fn channel_dot(a: Tensor<4>, b: Tensor<4>) -> Tensor<1> {
     ))
 }
 
+/// `Σ_{n, h, w} x` per channel, `[C]`: a bias's gradient. Linear.
+pub fn channel_sum(x: Tensor<4>) -> Tensor<1> {
+    if !fusable(&[&x]) {
+        return x.sum_dims(&[0, 2, 3]).flatten(0, 3);
+    }
+    Tensor::from_dispatch(Dispatch::channel_sum_fused(x.into_dispatch()))
+}
+
 /// `x[n, c] · w[c] + b[c]`: a norm's affine step. Differentiable (first order) in all three.
 pub fn channel_affine(x: Tensor<4>, w: Tensor<1>, b: Tensor<1>) -> Tensor<4> {
     let [_, c, ..] = x.dims();
@@ -130,6 +138,8 @@ pub trait PointwiseKernels: Backend {
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self>;
+    /// `v[c]` at every `[n, c, h, w]` of `dims`.
+    fn channel_fill(v: FloatTensor<Self>, dims: [usize; 4]) -> FloatTensor<Self>;
     /// `(Σ a · b, Σ a)` per channel, the first only where `b` is given.
     fn channel_sums(
         a: FloatTensor<Self>,
@@ -221,6 +231,15 @@ impl PointwiseKernels for Flex {
         flex(out, &[n, c, h, wd])
     }
 
+    fn channel_fill(v: FlexTensor, [n, c, h, w]: [usize; 4]) -> FlexTensor {
+        let v = v.to_contiguous();
+        let vs = values(&v);
+        let out = written(n * c * h * w, h * w, |p, o| {
+            o.fill(std::mem::MaybeUninit::new(vs[p % c]));
+        });
+        flex(out, &[n, c, h, w])
+    }
+
     fn channel_sums(a: FlexTensor, b: Option<FlexTensor>) -> (Option<FlexTensor>, FlexTensor) {
         let a = a.to_contiguous();
         let b = b.map(|b| b.to_contiguous());
@@ -247,24 +266,6 @@ impl PointwiseKernels for Flex {
     }
 }
 
-/// `Σ f(a[i], b[i])` in eight lanes, so the compiler vectorises it.
-fn lanes(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(&a, &b)| f(a, b))
-        .sum();
-    for (a, b) in ac.zip(bc) {
-        for j in 0..8 {
-            acc[j] += f(a[j], b[j]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// The ops as Burn's dispatch sees them (see the module docs of [`crate::kernels`]).
 #[backend_extension(Autodiff, Flex)]
 pub trait PointwiseBackend: Backend {
@@ -274,6 +275,7 @@ pub trait PointwiseBackend: Backend {
     fn avg_pool2_adjoint_fused(g: FloatTensor<Self>, h: usize, w: usize) -> FloatTensor<Self>;
     fn channel_scale_fused(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
     fn channel_dot_fused(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+    fn channel_sum_fused(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn channel_affine_fused(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -299,6 +301,9 @@ impl PointwiseBackend for Flex {
     }
     fn channel_dot_fused(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         Self::channel_sums(a, Some(b)).0.expect("asked for")
+    }
+    fn channel_sum_fused(x: FlexTensor) -> FlexTensor {
+        Self::channel_sums(x, None).1
     }
     fn channel_affine_fused(x: FlexTensor, w: FlexTensor, b: FlexTensor) -> FlexTensor {
         Self::channel_affine_forward(x, w, Some(b))
@@ -385,6 +390,21 @@ impl<B: PointwiseKernels, const N: usize> Backward<B, N> for AffineStep {
         if let Some(node) = x_node {
             let w: FloatTensor<B> = ckpt.retrieve_node_output(w_id);
             grads.register::<B>(node.id, B::channel_affine_forward(u, w, None));
+        }
+    }
+}
+
+/// Backward of [`channel_sum`]: `ū[c]` over the summed input's `[N, C, H, W]`.
+#[derive(Debug)]
+struct SumStep;
+
+impl<B: PointwiseKernels> Backward<B, 1> for SumStep {
+    type State = [usize; 4];
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let u = grads.consume::<B>(&ops.node);
+        if let [Some(node)] = ops.parents {
+            grads.register::<B>(node.id, B::channel_fill(u, ops.state));
         }
     }
 }
@@ -498,6 +518,19 @@ impl<B: PointwiseKernels, C: CheckpointStrategy> PointwiseBackend for Autodiff<B
                 prep.finish(state, dot(a, b))
             }
             OpsKind::UnTracked(prep) => prep.finish(dot(a, b)),
+        }
+    }
+
+    fn channel_sum_fused(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let dims = {
+            use burn::backend::TensorMetadata;
+            let s = x.shape();
+            [s[0], s[1], s[2], s[3]]
+        };
+        let sum = |x: FloatTensor<Self>| B::channel_sums(x.into_primitive(), None).1;
+        match SumStep.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(dims, sum(x)),
+            OpsKind::UnTracked(prep) => prep.finish(sum(x)),
         }
     }
 
@@ -657,6 +690,17 @@ mod tests {
                 &host(b1.grad(&ga).unwrap()),
                 &host(b2.grad(&gb).unwrap()),
                 "dot db",
+            );
+
+            let (s1, s2) = (leaf4(&x), leaf4(&x));
+            let a = channel_sum(s1.clone());
+            let b: Tensor<1> = s2.clone().sum_dims(&[0, 2, 3]).flatten(0, 3);
+            close(&host(a.clone().inner()), &host(b.clone().inner()), "sum");
+            let (ga, gb) = (a.sin().sum().backward(), b.sin().sum().backward());
+            close(
+                &host(s1.grad(&ga).unwrap()),
+                &host(s2.grad(&gb).unwrap()),
+                "sum grad",
             );
 
             let (x1, v1, c1) = (leaf4(&x), leaf1(&v), leaf1(&bias));

@@ -255,7 +255,7 @@ impl Tape {
                 let dxhat = if sh == 1 && sw == 1 {
                     // Per-channel weights (instance and group norm).
                     grads.push((wo, pointwise::channel_dot(dpre.clone(), xhat.clone())));
-                    grads.push((bo, dpre.clone().sum_dims(&[0, 2, 3]).flatten(0, 3)));
+                    grads.push((bo, pointwise::channel_sum(dpre.clone())));
                     pointwise::channel_scale(dpre, p.take(wo, [sc]))
                 } else {
                     grads.push((wo, (dpre.clone() * xhat.clone()).sum_dim(0).flatten(0, 3)));
@@ -283,7 +283,7 @@ impl Tape {
         let dw = conv2d_weight_grad(self.input.clone(), dz.clone(), wt.dims(), opts.clone());
         grads.push((conv.w, dw.flatten(0, 3)));
         if let Some(b) = conv.b {
-            grads.push((b, dz.clone().sum_dims(&[0, 2, 3]).flatten(0, 3)));
+            grads.push((b, pointwise::channel_sum(dz.clone())));
         }
         if !want_dx {
             return None;
