@@ -29,7 +29,7 @@ use crate::data::index_tensor;
 use crate::error::{Error, Result};
 use crate::haba::{Factorization, Hallucinators};
 use crate::nets::Arch;
-use crate::nets::student::{check_student, loss_and_piece_grads};
+use crate::nets::student::{check_student, piece_grads};
 use crate::nets::{Network, ParamPieces};
 use crate::optim::{Sgd, descend};
 use crate::rng::Rng;
@@ -402,7 +402,7 @@ impl Mtt {
         d: &Draw,
     ) -> Result<ParamPieces> {
         let (x, y) = Self::batch(fact, syn, d)?;
-        Ok(loss_and_piece_grads(&self.student, params, x, &y)?.1)
+        Ok(piece_grads(&self.student, params, x, &y)?)
     }
 
     /// One student step on its own graph, for the sweep of [`Self::recomputed`]: the

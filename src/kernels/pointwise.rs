@@ -91,15 +91,21 @@ pub fn channel_scale(x: Tensor<4>, w: Tensor<1>) -> Tensor<4> {
     ))
 }
 
-/// `Σ_{n, h, w} a · b` per channel, `[C]`, for `a`, `b` `[N, C, H, W]`. Linear in each.
-pub fn channel_dot(a: Tensor<4>, b: Tensor<4>) -> Tensor<1> {
+/// `(Σ_{n, h, w} a · b, Σ_{n, h, w} a)` per channel, two `[C]`, for `a`, `b`
+/// `[N, C, H, W]`: a norm's weight and bias gradients from one pass over `a`, which is then
+/// read by one op instead of two (one gradient fewer for autodiff to add up). Linear in
+/// `a`; the first is linear in `b`.
+pub fn channel_dot_sum(a: Tensor<4>, b: Tensor<4>) -> (Tensor<1>, Tensor<1>) {
+    let [_, c, ..] = a.dims();
     if !fusable(&[&a, &b]) || a.dims() != b.dims() {
-        return (a * b).sum_dims(&[0, 2, 3]).flatten(0, 3);
+        let dot = (a.clone() * b).sum_dims(&[0, 2, 3]).flatten(0, 3);
+        return (dot, a.sum_dims(&[0, 2, 3]).flatten(0, 3));
     }
-    Tensor::from_dispatch(Dispatch::channel_dot_fused(
+    let both: Tensor<1> = Tensor::from_dispatch(Dispatch::channel_dot_sum_fused(
         a.into_dispatch(),
         b.into_dispatch(),
-    ))
+    ));
+    (both.clone().narrow(0, 0, c), both.narrow(0, c, c))
 }
 
 /// `Σ_{n, h, w} x` per channel, `[C]`: a bias's gradient. Linear.
@@ -138,6 +144,17 @@ pub trait PointwiseKernels: Backend {
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self>;
+    /// `[Σ a · b, Σ a]` per channel, `[2C]`.
+    fn channel_dot_sum_forward(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (dot, sum) = Self::channel_sums(a, Some(b));
+        let dot = dot.expect("asked for");
+        Self::float_cat(vec![dot, sum], 0)
+    }
+    /// The backward of [`channel_dot_sum`] from `u = [ū_dot, ū_sum]` `[2C]`:
+    /// `ā = b · ū_dot[c] + ū_sum[c]` ...
+    fn dot_sum_grad_a(u: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// ... and `b̄ = a · ū_dot[c]`.
+    fn dot_sum_grad_b(u: FloatTensor<Self>, a: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `v[c]` at every `[n, c, h, w]` of `dims`.
     fn channel_fill(v: FloatTensor<Self>, dims: [usize; 4]) -> FloatTensor<Self>;
     /// `(Σ a · b, Σ a)` per channel, the first only where `b` is given.
@@ -231,6 +248,33 @@ impl PointwiseKernels for Flex {
         flex(out, &[n, c, h, wd])
     }
 
+    fn dot_sum_grad_a(u: FlexTensor, b: FlexTensor) -> FlexTensor {
+        let (u, b) = (u.to_contiguous(), b.to_contiguous());
+        let dims = dims4(&b);
+        let [_, c, h, w] = dims;
+        let (us, bs) = (values(&u), values(&b));
+        let out = written(bs.len(), h * w, |p, o| {
+            let (scale, shift) = (us[p % c], us[c + p % c]);
+            set(
+                o,
+                bs[p * h * w..][..h * w].iter().map(|&b| b * scale + shift),
+            );
+        });
+        flex(out, &dims)
+    }
+
+    fn dot_sum_grad_b(u: FlexTensor, a: FlexTensor) -> FlexTensor {
+        let (u, a) = (u.to_contiguous(), a.to_contiguous());
+        let dims = dims4(&a);
+        let [_, c, h, w] = dims;
+        let (us, av) = (values(&u), values(&a));
+        let out = written(av.len(), h * w, |p, o| {
+            let scale = us[p % c];
+            set(o, av[p * h * w..][..h * w].iter().map(|&a| a * scale));
+        });
+        flex(out, &dims)
+    }
+
     fn channel_fill(v: FlexTensor, [n, c, h, w]: [usize; 4]) -> FlexTensor {
         let v = v.to_contiguous();
         let vs = values(&v);
@@ -274,7 +318,8 @@ pub trait PointwiseBackend: Backend {
     fn avg_pool2_fused(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn avg_pool2_adjoint_fused(g: FloatTensor<Self>, h: usize, w: usize) -> FloatTensor<Self>;
     fn channel_scale_fused(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
-    fn channel_dot_fused(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `[Σ a · b, Σ a]` per channel, `[2C]`.
+    fn channel_dot_sum_fused(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
     fn channel_sum_fused(x: FloatTensor<Self>) -> FloatTensor<Self>;
     fn channel_affine_fused(
         x: FloatTensor<Self>,
@@ -299,8 +344,8 @@ impl PointwiseBackend for Flex {
     fn channel_scale_fused(x: FlexTensor, w: FlexTensor) -> FlexTensor {
         Self::channel_affine_forward(x, w, None)
     }
-    fn channel_dot_fused(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        Self::channel_sums(a, Some(b)).0.expect("asked for")
+    fn channel_dot_sum_fused(a: FlexTensor, b: FlexTensor) -> FlexTensor {
+        Self::channel_dot_sum_forward(a, b)
     }
     fn channel_sum_fused(x: FlexTensor) -> FlexTensor {
         Self::channel_sums(x, None).1
@@ -409,11 +454,11 @@ impl<B: PointwiseKernels> Backward<B, 1> for SumStep {
     }
 }
 
-/// Backward of [`channel_dot`]: `ā = b · ū`, `b̄ = a · ū`.
+/// Backward of [`channel_dot_sum`]: `ā = b · ū_dot + ū_sum`, `b̄ = a · ū_dot`.
 #[derive(Debug)]
-struct DotStep;
+struct DotSumStep;
 
-impl<B: PointwiseKernels> Backward<B, 2> for DotStep {
+impl<B: PointwiseKernels> Backward<B, 2> for DotSumStep {
     /// The checkpointed `a` and `b`.
     type State = (NodeId, NodeId);
 
@@ -423,11 +468,11 @@ impl<B: PointwiseKernels> Backward<B, 2> for DotStep {
         let [a_node, b_node] = ops.parents;
         if let Some(node) = a_node {
             let b: FloatTensor<B> = ckpt.retrieve_node_output(b_id);
-            grads.register::<B>(node.id, B::channel_affine_forward(b, u.clone(), None));
+            grads.register::<B>(node.id, B::dot_sum_grad_a(u.clone(), b));
         }
         if let Some(node) = b_node {
             let a: FloatTensor<B> = ckpt.retrieve_node_output(a_id);
-            grads.register::<B>(node.id, B::channel_affine_forward(a, u, None));
+            grads.register::<B>(node.id, B::dot_sum_grad_b(u, a));
         }
     }
 }
@@ -502,22 +547,20 @@ impl<B: PointwiseKernels, C: CheckpointStrategy> PointwiseBackend for Autodiff<B
         }
     }
 
-    fn channel_dot_fused(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        let dot = |a: FloatTensor<Self>, b: FloatTensor<Self>| {
-            B::channel_sums(a.into_primitive(), Some(b.into_primitive()))
-                .0
-                .expect("asked for")
+    fn channel_dot_sum_fused(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let both = |a: FloatTensor<Self>, b: FloatTensor<Self>| {
+            B::channel_dot_sum_forward(a.into_primitive(), b.into_primitive())
         };
-        match DotStep
+        match DotSumStep
             .prepare::<C>([a.node(), b.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&a), prep.checkpoint(&b));
-                prep.finish(state, dot(a, b))
+                prep.finish(state, both(a, b))
             }
-            OpsKind::UnTracked(prep) => prep.finish(dot(a, b)),
+            OpsKind::UnTracked(prep) => prep.finish(both(a, b)),
         }
     }
 
@@ -677,10 +720,19 @@ mod tests {
             );
 
             let (a1, b1, a2, b2) = (leaf4(&x), leaf4(&y), leaf4(&x), leaf4(&y));
-            let d = channel_dot(a1.clone(), b1.clone());
+            let (d, ds) = channel_dot_sum(a1.clone(), b1.clone());
             let e: Tensor<1> = (a2.clone() * b2.clone()).sum_dims(&[0, 2, 3]).flatten(0, 3);
+            let es: Tensor<1> = a2.clone().sum_dims(&[0, 2, 3]).flatten(0, 3);
             close(&host(d.clone().inner()), &host(e.clone().inner()), "dot");
-            let (ga, gb) = (d.sin().sum().backward(), e.sin().sum().backward());
+            close(
+                &host(ds.clone().inner()),
+                &host(es.clone().inner()),
+                "dot's sum",
+            );
+            // A loss of both, unequally weighted, so each part's gradient is seen.
+            let la = d.sin().sum() + (ds * 0.7).cos().sum();
+            let lb = e.sin().sum() + (es * 0.7).cos().sum();
+            let (ga, gb) = (la.backward(), lb.backward());
             close(
                 &host(a1.grad(&ga).unwrap()),
                 &host(a2.grad(&gb).unwrap()),

@@ -55,30 +55,33 @@ pub fn loss_and_grad(
     labels: &[u16],
 ) -> Result<(Tensor<1>, Tensor<1>), NetError> {
     net.check(params, &images);
-    let (loss, grads) = loss_and_grads(net, params, images, labels)?;
+    let (loss, grads) = loss_and_grads(net, params, images, labels, true)?;
+    let loss = loss.expect("asked for");
     Ok((loss, Tensor::cat(grads, 0)))
 }
 
-/// [`loss_and_grad`] on parameters in pieces (MTT's student, see [`ParamPieces`]): the
-/// gradient comes back in the same pieces.
-pub fn loss_and_piece_grads(
+/// The gradient of [`loss_and_grad`] on parameters in pieces (MTT's student, see
+/// [`ParamPieces`]), in the same pieces; the loss itself is not computed.
+pub fn piece_grads(
     net: &Network,
     params: &ParamPieces,
     images: Tensor<4>,
     labels: &[u16],
-) -> Result<(Tensor<1>, ParamPieces), NetError> {
+) -> Result<ParamPieces, NetError> {
     net.check_images(&images);
-    let (loss, grads) = loss_and_grads(net, params, images, labels)?;
-    Ok((loss, params.with_pieces(grads)))
+    let (_, grads) = loss_and_grads(net, params, images, labels, false)?;
+    Ok(params.with_pieces(grads))
 }
 
-/// The loss and the gradient of every entry of `net.params()`, in their order.
+/// The loss (where `want_loss`) and the gradient of every entry of `net.params()`, in
+/// their order.
 fn loss_and_grads(
     net: &Network,
     params: &impl Params,
     images: Tensor<4>,
     labels: &[u16],
-) -> Result<(Tensor<1>, Vec<Tensor<1>>), NetError> {
+    want_loss: bool,
+) -> Result<(Option<Tensor<1>>, Vec<Tensor<1>>), NetError> {
     check_student(net)?;
     let Body::ConvNet(body) = &net.body else {
         unreachable!("checked above")
@@ -106,7 +109,7 @@ fn loss_and_grads(
     let head = &body.head;
     let hw = params.take(head.w, [head.fout, head.fin]);
     let logits = flat.clone().matmul(hw.clone().transpose()) + params.take(head.b, [1, head.fout]);
-    let loss = cross_entropy(logits.clone(), labels);
+    let loss = want_loss.then(|| cross_entropy(logits.clone(), labels));
 
     // Backward: d(mean CE)/d logits = (softmax - one-hot) / N.
     let device = logits.device();
@@ -254,8 +257,9 @@ impl Tape {
                 let (groups, [sc, sh, sw], wo, bo) = affine(layer, &xhat);
                 let dxhat = if sh == 1 && sw == 1 {
                     // Per-channel weights (instance and group norm).
-                    grads.push((wo, pointwise::channel_dot(dpre.clone(), xhat.clone())));
-                    grads.push((bo, pointwise::channel_sum(dpre.clone())));
+                    let (dw, db) = pointwise::channel_dot_sum(dpre.clone(), xhat.clone());
+                    grads.push((wo, dw));
+                    grads.push((bo, db));
                     pointwise::channel_scale(dpre, p.take(wo, [sc]))
                 } else {
                     grads.push((wo, (dpre.clone() * xhat.clone()).sum_dim(0).flatten(0, 3)));
