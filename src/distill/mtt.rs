@@ -6,7 +6,8 @@
 //! the learnable learning rate α; the loss is `||θ_N − θ_{t+M}||² / ||θ_t − θ_{t+M}||²`.
 //! Its gradient reaches the bases, the hallucinators and α through every student step,
 //! which needs the gradient of each step's gradient: the student's backward is
-//! [`crate::nets::student::loss_and_grad`], written from differentiable ops.
+//! [`crate::nets::student::piece_grads`], written from differentiable ops, on parameters
+//! kept one tensor per layer entry ([`ParamPieces`]).
 //!
 //! Reference details this follows: minibatches walk random permutations of the synthetic
 //! set in chunks of `batch_syn` (all of it by default); each step's images get a fresh,

@@ -116,7 +116,7 @@ fn set(out: &mut [MaybeUninit<f32>], values: impl ExactSizeIterator<Item = f32>)
 }
 
 /// `Σ f(a[i], b[i])` in eight lanes, so the compiler vectorises it.
-pub(crate) fn lanes(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+fn lanes(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac

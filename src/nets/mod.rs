@@ -276,8 +276,8 @@ impl Network {
 /// A slice of the flat vector differentiates into a zero-filled gradient of the whole
 /// vector (Burn's slice backward), which autodiff then adds to the vector's gradient: a
 /// student step reads twenty slices of its parameters, so one MTT step wrote and added
-/// twenty whole-vector gradients on one thread, a fifth of an iteration at 1 image per
-/// class. Pieces differentiate one by one; the flat vector is put together where a loss
+/// twenty whole-vector gradients on one thread, a twentieth of an iteration at 1 image
+/// per class. Pieces differentiate one by one; the flat vector is put together where a loss
 /// reads it ([`ParamPieces::flat`]).
 #[derive(Clone, Debug)]
 pub struct ParamPieces {

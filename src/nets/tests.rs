@@ -707,3 +707,48 @@ fn cross_entropy_matches_float64() {
         / 2.0;
     assert!((got - want).abs() < 1e-5, "{got} vs {want}");
 }
+
+/// Pieces hold each entry's numbers, layers read the same values from pieces as from the
+/// flat vector, and the flat vector comes back whole; the gradient of a loss on the pieces
+/// is the flat vector's, cut the same way.
+#[test]
+fn parameter_pieces_round_trip_and_read_as_the_flat_vector() {
+    let device = Device::flex().autodiff();
+    let n = net("ConvNet", shape(3, 8), 4);
+    let mut rng = Rng::new(3);
+    let flat = n.init(&mut rng, &device);
+    let pieces = ParamPieces::split(&n, &flat);
+    assert_eq!(pieces.pieces().len(), n.params().len());
+    assert_eq!(to_vec(pieces.flat()), to_vec(flat.clone()));
+    for (e, piece) in n.params().iter().zip(pieces.pieces()) {
+        assert_eq!(piece.dims(), [e.numel()], "{}", e.name);
+        let shape4 = |s: &[usize]| -> [usize; 4] {
+            let mut d = [1; 4];
+            d[4 - s.len()..].copy_from_slice(s);
+            d
+        };
+        let d = shape4(&e.shape);
+        assert_eq!(
+            to_vec(Params::take(&pieces, e.offset, d)),
+            to_vec(Params::take(&flat, e.offset, d)),
+            "{}",
+            e.name
+        );
+    }
+    let leaves = pieces.with_pieces(
+        pieces
+            .pieces()
+            .iter()
+            .map(|p| p.clone().require_grad())
+            .collect(),
+    );
+    let weights: Vec<f32> = (0..n.num_params()).map(|i| (i % 7) as f32 - 3.0).collect();
+    let w = Tensor::<1>::from_data(TensorData::new(weights.clone(), [n.num_params()]), &device);
+    let grads = (leaves.flat() * w).sum().backward();
+    let got: Vec<f32> = leaves
+        .pieces()
+        .iter()
+        .flat_map(|p| to_vec(p.grad(&grads).unwrap()))
+        .collect();
+    assert_eq!(got, weights);
+}
