@@ -540,8 +540,8 @@ impl Mtt {
 
 /// How many of the last student steps `--unroll recompute` keeps on their graphs from the
 /// forward walk instead of replaying them: at 1 image per class a replayed step costs a
-/// third of a step on a graph, and two kept graphs bring ten steps within 1.3x of the
-/// graph unroll's time while memory still does not grow with the steps.
+/// third of a step on a graph, and two kept graphs took ten steps from 1.4-1.5x to about
+/// 1.25x the graph unroll's time while memory still does not grow with the steps.
 const KEPT_GRAPHS: usize = 2;
 
 /// `theta - lr * g`, piece by piece: one SGD step of the student.
