@@ -115,12 +115,12 @@ pub fn run() -> anyhow::Result<()> {
         None => on_workers(|| demo::run(common, cli.dataset.as_deref())),
         Some(Command::Bench(args)) => on_workers(|| bench::run(common, args)),
         Some(Command::Buffer(args)) => on_workers(|| buffer::run(common, args)),
-        Some(Command::Datasets(args)) => datasets::run(&cli.common, args),
+        Some(Command::Datasets(args)) => datasets::run(common, args),
         Some(Command::Distill(args)) => on_workers(|| distill::run(common, *args)),
         Some(Command::Eval(args)) => on_workers(|| eval::run(common, args)),
-        Some(Command::Export(args)) => export::run(&cli.common, args),
+        Some(Command::Export(args)) => export::run(common, args),
         #[cfg(feature = "viewer")]
-        Some(Command::View(args)) => view::run(&cli.common, args),
+        Some(Command::View(args)) => view::run(common, args),
         Some(Command::Compare(args)) => compare::run(args),
         Some(Command::Completions(args)) => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -415,13 +415,7 @@ impl Mtt {
         theta: &ParamPieces,
         d: &Draw,
     ) -> Result<(ParamPieces, Factorization, ParamPieces)> {
-        let theta = theta.with_pieces(
-            theta
-                .pieces()
-                .iter()
-                .map(|t| t.clone().require_grad())
-                .collect(),
-        );
+        let theta = theta.map(Tensor::require_grad);
         let fresh = refreshed(syn.fact, true);
         let g = self.grad(&fresh, syn, &theta, d)?;
         Ok((theta, fresh, g))
@@ -491,9 +485,7 @@ impl Mtt {
         let mut kept = Vec::with_capacity(late.len());
         for d in late {
             let step = self.tracked_step(syn, &theta, d)?;
-            let g = step
-                .2
-                .with_pieces(step.2.pieces().iter().cloned().map(constant).collect());
+            let g = step.2.map(constant);
             thetas.push(theta.clone());
             theta = advance(&theta, g, &alpha);
             kept.push(step);

@@ -17,7 +17,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Slice, Tensor};
 use rayon::prelude::*;
 
 use super::{FlexTensor, dims4, flex, lanes, on_flex, set, values, written};
@@ -150,11 +150,6 @@ pub trait PointwiseKernels: Backend {
         let dot = dot.expect("asked for");
         Self::float_cat(vec![dot, sum], 0)
     }
-    /// The backward of [`channel_dot_sum`] from `u = [ū_dot, ū_sum]` `[2C]`:
-    /// `ā = b · ū_dot[c] + ū_sum[c]` ...
-    fn dot_sum_grad_a(u: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// ... and `b̄ = a · ū_dot[c]`.
-    fn dot_sum_grad_b(u: FloatTensor<Self>, a: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `v[c]` at every `[n, c, h, w]` of `dims`.
     fn channel_fill(v: FloatTensor<Self>, dims: [usize; 4]) -> FloatTensor<Self>;
     /// `(Σ a · b, Σ a)` per channel, the first only where `b` is given.
@@ -246,33 +241,6 @@ impl PointwiseKernels for Flex {
             }
         });
         flex(out, &[n, c, h, wd])
-    }
-
-    fn dot_sum_grad_a(u: FlexTensor, b: FlexTensor) -> FlexTensor {
-        let (u, b) = (u.to_contiguous(), b.to_contiguous());
-        let dims = dims4(&b);
-        let [_, c, h, w] = dims;
-        let (us, bs) = (values(&u), values(&b));
-        let out = written(bs.len(), h * w, |p, o| {
-            let (scale, shift) = (us[p % c], us[c + p % c]);
-            set(
-                o,
-                bs[p * h * w..][..h * w].iter().map(|&b| b * scale + shift),
-            );
-        });
-        flex(out, &dims)
-    }
-
-    fn dot_sum_grad_b(u: FlexTensor, a: FlexTensor) -> FlexTensor {
-        let (u, a) = (u.to_contiguous(), a.to_contiguous());
-        let dims = dims4(&a);
-        let [_, c, h, w] = dims;
-        let (us, av) = (values(&u), values(&a));
-        let out = written(av.len(), h * w, |p, o| {
-            let scale = us[p % c];
-            set(o, av[p * h * w..][..h * w].iter().map(|&a| a * scale));
-        });
-        flex(out, &dims)
     }
 
     fn channel_fill(v: FlexTensor, [n, c, h, w]: [usize; 4]) -> FlexTensor {
@@ -464,15 +432,23 @@ impl<B: PointwiseKernels> Backward<B, 2> for DotSumStep {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, ckpt: &mut Checkpointer) {
         let u = grads.consume::<B>(&ops.node);
+        // u = [ū_dot, ū_sum], C each.
+        let c = {
+            use burn::backend::TensorMetadata;
+            u.shape()[0] / 2
+        };
+        let half = |range| B::float_slice(u.clone(), &[Slice::from(range)]);
+        let (u_dot, u_sum) = (half(0..c), half(c..2 * c));
         let (a_id, b_id) = ops.state;
         let [a_node, b_node] = ops.parents;
         if let Some(node) = a_node {
             let b: FloatTensor<B> = ckpt.retrieve_node_output(b_id);
-            grads.register::<B>(node.id, B::dot_sum_grad_a(u.clone(), b));
+            let grad = B::channel_affine_forward(b, u_dot.clone(), Some(u_sum));
+            grads.register::<B>(node.id, grad);
         }
         if let Some(node) = b_node {
             let a: FloatTensor<B> = ckpt.retrieve_node_output(a_id);
-            grads.register::<B>(node.id, B::dot_sum_grad_b(u, a));
+            grads.register::<B>(node.id, B::channel_affine_forward(a, u_dot, None));
         }
     }
 }

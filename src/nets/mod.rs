@@ -317,6 +317,11 @@ impl ParamPieces {
         }
     }
 
+    /// `f` of every piece, laid out as `self`'s.
+    pub fn map(&self, f: impl FnMut(Tensor<1>) -> Tensor<1>) -> Self {
+        self.with_pieces(self.pieces.iter().cloned().map(f).collect())
+    }
+
     pub fn pieces(&self) -> &[Tensor<1>] {
         &self.pieces
     }

@@ -735,13 +735,7 @@ fn parameter_pieces_round_trip_and_read_as_the_flat_vector() {
             e.name
         );
     }
-    let leaves = pieces.with_pieces(
-        pieces
-            .pieces()
-            .iter()
-            .map(|p| p.clone().require_grad())
-            .collect(),
-    );
+    let leaves = pieces.map(Tensor::require_grad);
     let weights: Vec<f32> = (0..n.num_params()).map(|i| (i % 7) as f32 - 3.0).collect();
     let w = Tensor::<1>::from_data(TensorData::new(weights.clone(), [n.num_params()]), &device);
     let grads = (leaves.flat() * w).sum().backward();
