@@ -12,7 +12,10 @@
 //! - backward: `dW = Σ_n dy[n] · col(x[n])ᵀ`, `db = Σ_n Σ_pixels dy[n]`, and
 //!   `dx[n] = fold(Wᵀ · dy[n])`, each computed only when its input is tracked.
 //!
-//! Samples are spread over Rayon's threads and each product runs on one thread.
+//! Samples are spread over Rayon's threads and each product runs on one thread. 3×3
+//! convolutions with padding 1 and 16 or more channels on each side (all of a ConvNet's
+//! but the first) take [`winograd`]'s kernels instead: 2.25 times fewer multiplications,
+//! which made an MTT iteration a quarter faster.
 //! [`crate::nets`] calls [`conv2d`], which takes this path on `flex` and Burn's
 //! convolution everywhere else (and for strides, dilations or groups this op lacks).
 
@@ -30,6 +33,8 @@ use burn::tensor::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::{FlexTensor, flex, lanes, on_flex, values, written};
+
+mod winograd;
 
 /// The padding, when the fused kernels take a convolution of `x_dims` `[N, Cin, H, W]` by
 /// `weight_dims` `[Cout, Cin, k, k]` with `options` whose output gradient (if any) has
@@ -478,10 +483,13 @@ impl ConvKernels for Flex {
     ) -> FlexTensor {
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let bias = bias.map(|b| b.to_contiguous());
-        let (taps, pixels) = (g.taps(), g.out_pixels());
-        let w = Mat::rows(values(&weight), g.cout, taps);
         let b = bias.as_ref().map(values);
         let xv = values(&x);
+        if winograd::applies(&g) {
+            return flex(winograd::forward(&g, xv, values(&weight), b), &g.y_dims());
+        }
+        let (taps, pixels) = (g.taps(), g.out_pixels());
+        let w = Mat::rows(values(&weight), g.cout, taps);
         let y = written(g.n * g.out_len(), g.out_len(), |s, out| {
             let xs = &xv[s * g.in_len()..][..g.in_len()];
             let out = with_scratch(taps * pixels, |col| {
@@ -514,6 +522,14 @@ impl ConvKernels for Flex {
         let (taps, pixels) = (g.taps(), g.out_pixels());
         let dys = values(&dy);
         let xs = x.as_ref().map(values);
+        if winograd::applies(&g) {
+            let (dx, dw) = winograd::backward(&g, dys, xs, weight.as_ref().map(values));
+            return Grads {
+                x: dx.map(|dx| flex(dx, &g.x_dims())),
+                weight: dw.map(|dw| flex(dw, &g.weight_dims())),
+                bias: wanted.bias.then(|| flex(channel_sums(&g, dys), &[g.cout])),
+            };
+        }
         let w = weight.as_ref().map(|t| Mat::rows(values(t), g.cout, taps));
         // Chunks of samples, each with its own partial dW and db: a few per thread, or one
         // per thread for small batches (10 samples in 5 chunks of 2 left one of two threads
@@ -569,6 +585,22 @@ impl ConvKernels for Flex {
             bias: wanted.bias.then(|| flex(sum(dbs), &[g.cout])),
         }
     }
+}
+
+/// `Σ_n Σ_pixels dy[n, c]` for every channel `c` (a bias gradient), over Rayon's threads.
+fn channel_sums(g: &Geometry, dy: &[f32]) -> Vec<f32> {
+    let pixels = g.out_pixels();
+    (0..g.cout)
+        .into_par_iter()
+        .map(|c| {
+            (0..g.n)
+                .map(|s| {
+                    let plane = &dy[(s * g.cout + c) * pixels..][..pixels];
+                    lanes(plane, plane, |a, _| a)
+                })
+                .sum()
+        })
+        .collect()
 }
 
 /// The element-wise sum of equally long partial results, in their order, over Rayon's
@@ -893,17 +925,19 @@ mod tests {
     fn fused_matches_direct_sum_and_burn_with_gradients() {
         let device = Device::flex().autodiff();
         let mut rng = Rng::new(7);
-        for (xd, k, pad) in [
-            ([3, 1, 7, 5], 3, 1),
-            ([2, 4, 6, 6], 3, 0),
-            ([2, 3, 5, 8], 3, 2),
-            ([5, 2, 4, 4], 1, 0),
-            ([1, 3, 3, 3], 3, 1),
+        // The last case is wide enough for the Winograd kernels.
+        for (xd, cout, k, pad) in [
+            ([3, 1, 7, 5], 6, 3, 1),
+            ([2, 4, 6, 6], 6, 3, 0),
+            ([2, 3, 5, 8], 6, 3, 2),
+            ([5, 2, 4, 4], 6, 1, 0),
+            ([1, 3, 3, 3], 6, 3, 1),
+            ([2, 16, 5, 6], 32, 3, 1),
         ] {
-            let wd = [6, xd[1], k, k];
+            let wd = [cout, xd[1], k, k];
             let x = random(&mut rng, xd, &device);
             let w = random(&mut rng, wd, &device);
-            let b = random(&mut rng, [6], &device);
+            let b = random(&mut rng, [cout], &device);
             let opts = ConvOptions::new([1, 1], [pad, pad], [1, 1], 1);
             let run = |fused: bool| {
                 let (x, w, b) = (
@@ -1013,13 +1047,14 @@ mod tests {
         use burn::tensor::ops::ConvTransposeOptions;
         let device = Device::flex().autodiff();
         let mut rng = Rng::new(9);
-        for (xd, k, pad) in [
-            ([3, 2, 7, 5], 3, 1),
-            ([2, 3, 6, 6], 3, 0),
-            ([2, 1, 4, 5], 3, 2),
+        // The last case is wide enough for the Winograd kernels.
+        for (xd, cout, k, pad) in [
+            ([3, 2, 7, 5], 4, 3, 1),
+            ([2, 3, 6, 6], 4, 3, 0),
+            ([2, 1, 4, 5], 4, 3, 2),
+            ([2, 16, 5, 7], 16, 3, 1),
         ] {
             let [n, cin, h, w] = xd;
-            let cout = 4;
             let (ho, wo) = (h + 2 * pad + 1 - k, w + 2 * pad + 1 - k);
             let x = random(&mut rng, xd, &device);
             let wt = random(&mut rng, [cout, cin, k, k], &device);
