@@ -342,6 +342,22 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// A `rows × cols` matrix with element `(i, j)` at `i * rs + j * cs`.
+    fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        assert!(rows > 0 && cols > 0, "a matrix with elements");
+        assert!(
+            (rows - 1) * rs + (cols - 1) * cs < data.len(),
+            "matrix larger than its slice"
+        );
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
     /// The transpose, without moving any data.
     fn t(self) -> Self {
         Self {
@@ -379,18 +395,29 @@ fn matmul_into<'d>(dst: &'d mut [MaybeUninit<f32>], a: Mat, b: Mat) -> &'d mut [
 unsafe fn gemm_raw(dst: &mut [MaybeUninit<f32>], accumulate: bool, a: Mat, b: Mat) {
     assert_eq!(a.cols, b.rows, "inner dimensions");
     assert_eq!(dst.len(), a.rows * b.cols, "destination size");
-    let dst = dst.as_mut_ptr().cast::<f32>();
-    // SAFETY: `Mat::rows` checked that every element either matrix names lies inside its
-    // slice (a transpose names the same elements), the assert above does so for `dst`,
-    // and `dst` is a unique borrow, so it aliases neither input.
+    // SAFETY: the assert above puts every element of the row-major `dst` inside it, and
+    // `dst` is a unique borrow, so it aliases neither input.
+    unsafe { gemm_at(dst.as_mut_ptr().cast(), [b.cols, 1], accumulate, a, b) };
+}
+
+/// `dst (+)= a · b` through `gemm` on one thread, element `(i, j)` of `dst` at
+/// `i * rs + j * cs` for `[rs, cs]` = `dst_strides`.
+///
+/// # Safety
+/// Every element of `dst` must lie in one allocation that neither input overlaps and
+/// nothing else accesses meanwhile, and with `accumulate` be initialised (gemm reads it).
+unsafe fn gemm_at(dst: *mut f32, [rs, cs]: [usize; 2], accumulate: bool, a: Mat, b: Mat) {
+    assert_eq!(a.cols, b.rows, "inner dimensions");
+    // SAFETY: `Mat`'s constructors checked that every element either matrix names lies
+    // inside its slice (a transpose names the same elements); the caller vouches for `dst`.
     unsafe {
         gemm::gemm(
             a.rows,
             b.cols,
             a.cols,
             dst,
-            1,
-            b.cols as isize,
+            cs as isize,
+            rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,

@@ -26,7 +26,7 @@ use std::ops::{Add, Mul, Neg, Range, Sub};
 
 use rayon::prelude::*;
 
-use super::Geometry;
+use super::{Geometry, Mat, gemm_at};
 use crate::kernels::written;
 
 /// Narrower convolutions (the first layer, on 1 or 3 image channels) gain little and stay
@@ -207,49 +207,13 @@ impl Shared {
     }
 }
 
-/// A matrix inside a slice: element `(i, j)` at `i * rs + j * cs`, column-major
-/// (`rs = 1`) or row-major (`cs = 1`).
-#[derive(Clone, Copy)]
-struct Operand<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    rs: isize,
-    cs: isize,
-}
-
-impl<'a> Operand<'a> {
-    fn col_major(data: &'a [f32], rows: usize, cols: usize, cs: usize) -> Self {
-        assert!(
-            rows <= cs || cols == 1,
-            "columns apart by at least a column"
-        );
-        assert!(
-            (cols - 1) * cs + rows <= data.len(),
-            "matrix inside its slice"
-        );
-        Self {
-            data,
-            rows,
-            cols,
-            rs: 1,
-            cs: cs as isize,
-        }
-    }
-
-    fn row_major(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
-        assert!(
-            (rows - 1) * rs + cols <= data.len(),
-            "matrix inside its slice"
-        );
-        Self {
-            data,
-            rows,
-            cols,
-            rs: rs as isize,
-            cs: 1,
-        }
-    }
+/// `rows × cols` with columns `cs` apart, as the transformed buffers hold their matrices.
+fn col_major(data: &[f32], rows: usize, cols: usize, cs: usize) -> Mat<'_> {
+    assert!(
+        rows <= cs || cols == 1,
+        "columns apart by at least a column"
+    );
+    Mat::strided(data, rows, cols, 1, cs)
 }
 
 /// For each transformed position ξ of the 16, `dst (+)= a · b` with `(a, b) = mats(ξ)`,
@@ -263,42 +227,19 @@ unsafe fn products<'a>(
     step: usize,
     cs: usize,
     accumulate: bool,
-    mats: impl Fn(usize) -> (Operand<'a>, Operand<'a>) + Sync,
+    mats: impl Fn(usize) -> (Mat<'a>, Mat<'a>) + Sync,
 ) {
     let base = Shared(dst.as_mut_ptr().cast());
     let len = dst.len();
     (0..16).into_par_iter().for_each(|xi| {
         let (a, b) = mats(xi);
-        assert_eq!(a.cols, b.rows, "inner dimensions");
         assert!(
             xi * step + (b.cols - 1) * cs + a.rows <= len,
             "destination inside its buffer"
         );
-        // SAFETY: both operands were checked against their slices, the destination against
-        // `dst` above, and the caller keeps the 16 destinations apart.
-        unsafe {
-            gemm::gemm(
-                a.rows,
-                b.cols,
-                a.cols,
-                base.at(xi * step),
-                cs as isize,
-                1,
-                accumulate,
-                a.data.as_ptr(),
-                a.cs,
-                a.rs,
-                b.data.as_ptr(),
-                b.cs,
-                b.rs,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        // SAFETY: the destination lies inside `dst` (checked above), which the inputs do
+        // not overlap, and the caller keeps the 16 destinations apart.
+        unsafe { gemm_at(base.at(xi * step), [1, cs], accumulate, a, b) };
     });
 }
 
@@ -499,8 +440,8 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) 
         unsafe {
             products(&mut m, cout, 16 * cout, false, |xi| {
                 (
-                    Operand::col_major(&u[xi * cout..], cout, cin, 16 * cout),
-                    Operand::col_major(&v[xi * cin..], cin, len, 16 * cin),
+                    col_major(&u[xi * cout..], cout, cin, 16 * cout),
+                    col_major(&v[xi * cin..], cin, len, 16 * cin),
                 )
             });
         }
@@ -573,8 +514,8 @@ pub(super) fn backward(
             unsafe {
                 products(&mut du, cout, 16 * cout, b_index > 0, |xi| {
                     (
-                        Operand::col_major(&dm[xi * cout..], cout, len, 16 * cout),
-                        Operand::row_major(&v[xi * cin..], len, cin, 16 * cin),
+                        col_major(&dm[xi * cout..], cout, len, 16 * cout),
+                        Mat::strided(&v[xi * cin..], len, cin, 16 * cin, 1),
                     )
                 });
             }
@@ -586,8 +527,8 @@ pub(super) fn backward(
             unsafe {
                 products(&mut dv, cin, 16 * cin, false, |xi| {
                     (
-                        Operand::col_major(&ut[xi * cin..], cin, cout, 16 * cin),
-                        Operand::col_major(&dm[xi * cout..], cout, len, 16 * cout),
+                        col_major(&ut[xi * cin..], cin, cout, 16 * cin),
+                        col_major(&dm[xi * cout..], cout, len, 16 * cout),
                     )
                 });
             }
