@@ -127,6 +127,7 @@ pub struct BenchSettings {
     /// Student steps per MTT iteration, and how their gradient is computed.
     pub syn_steps: usize,
     pub unroll: Unroll,
+    pub recompute_memory_mb: f64,
     /// Untimed iterations first (kernel compilation, allocator warm-up).
     pub warmup: usize,
     pub iters: usize,
@@ -153,6 +154,7 @@ impl BenchSettings {
             model: Arch::default(),
             syn_steps: 10,
             unroll: Unroll::Graph,
+            recompute_memory_mb: MttConfig::default().recompute_memory_mb,
             warmup: 1,
             iters: 6,
         }
@@ -524,6 +526,7 @@ fn prepare(unit: Unit, s: &BenchSettings, device: &Device, seed: u64) -> Result<
                 momentum_lr: if haba { 0.9 } else { 0.5 },
                 batch_syn: 0,
                 unroll: s.unroll,
+                recompute_memory_mb: s.recompute_memory_mb,
                 ..MttConfig::default()
             };
             let distillers = Family::ALL

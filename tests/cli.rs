@@ -586,6 +586,8 @@ fn buffer_then_mtt_distill_then_eval_with_the_learned_rate() {
         "2",
         "--unroll",
         "recompute",
+        "--recompute-memory",
+        "0",
         "--eval-nets",
         "1",
         "--eval-epochs",
@@ -627,6 +629,25 @@ fn buffer_then_mtt_distill_then_eval_with_the_learned_rate() {
         !out.status.success() && t.contains("use fewer steps"),
         "{t}"
     );
+
+    // A memory budget that is not a number of MiB is refused, naming the flag.
+    let mut budget = distill.to_vec();
+    let at = budget
+        .iter()
+        .position(|a| *a == "--recompute-memory")
+        .unwrap()
+        + 1;
+    budget[at] = "inf";
+    let budget_run = dir.join("budget");
+    budget[last] = budget_run.to_str().unwrap();
+    let out = haba(&[&budget[..], &common[..]].concat(), &dir);
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("--recompute-memory"),
+        "{t}"
+    );
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("recompute_memory_mb = 0.0"), "{config}");
 
     // The wrong preprocessing is refused, naming what differs.
     let bad = dir.join("bad");

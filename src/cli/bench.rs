@@ -57,6 +57,9 @@ pub struct Args {
     /// How MTT's gradient is computed: graph (as the reference) or recompute.
     #[arg(long, default_value = "graph")]
     pub unroll: Unroll,
+    /// MiB `--unroll recompute` may keep of the last steps' graphs (as haba distill's).
+    #[arg(long, value_name = "MIB")]
+    pub recompute_memory: Option<f64>,
     /// Time and peak memory of MTT against syn_steps instead: each listed count (e.g.
     /// 10,20,40,80) with both unrolls, beside PyTorch's graph, for the first MTT unit of
     /// --units (default haba-mtt).
@@ -124,6 +127,7 @@ fn settings(args: &Args) -> anyhow::Result<BenchSettings> {
     s.ipc = args.ipc.unwrap_or(s.ipc);
     s.syn_steps = args.syn_steps;
     s.unroll = args.unroll;
+    s.recompute_memory_mb = args.recompute_memory.unwrap_or(s.recompute_memory_mb);
     s.validate().context("check --iters")?;
     Ok(s)
 }
@@ -337,6 +341,7 @@ fn run_child(
         .args(["--ipc", &s.ipc.to_string()])
         .args(["--syn-steps", &s.syn_steps.to_string()])
         .args(["--unroll", &s.unroll.to_string()])
+        .args(["--recompute-memory", &s.recompute_memory_mb.to_string()])
         .args(["--device", &common.device.to_string()])
         .args(["--seed", &common.seed().to_string()]);
     if args.quick {

@@ -155,9 +155,14 @@ pub struct Args {
     #[arg(long)]
     pub batch_syn: Option<usize>,
     /// MTT: `graph` (one autodiff graph over every student step, as the reference) or
-    /// `recompute` (the same gradient, memory of one step); graph by default.
+    /// `recompute` (the same gradient in memory that does not grow with the steps, see
+    /// --recompute-memory); graph by default.
     #[arg(long)]
     pub unroll: Option<Unroll>,
+    /// MTT, `--unroll recompute`: MiB it may spend keeping the last student steps' graphs
+    /// instead of replaying them (2048; 0: replay every step, the least memory).
+    #[arg(long, value_name = "MIB")]
+    pub recompute_memory: Option<f64>,
     /// DC, DSA: how gradients are compared: `ours` (per output unit, 1 - cosine, summed),
     /// `mse` or `cos` (ours).
     #[arg(long)]
@@ -313,6 +318,7 @@ fn objective_flags(objective: &mut ObjectiveConfig, args: &Args) -> anyhow::Resu
         ("lr-lr", args.lr_lr.is_some()),
         ("batch-syn", args.batch_syn.is_some()),
         ("unroll", args.unroll.is_some()),
+        ("recompute-memory", args.recompute_memory.is_some()),
     ];
     let dc = [
         ("dis-metric", args.dis_metric.is_some()),
@@ -353,6 +359,7 @@ fn objective_flags(objective: &mut ObjectiveConfig, args: &Args) -> anyhow::Resu
                 lr_lr,
                 batch_syn,
                 unroll,
+                recompute_memory_mb,
                 ..
             } = c;
             set(syn_steps, args.syn_steps);
@@ -362,6 +369,7 @@ fn objective_flags(objective: &mut ObjectiveConfig, args: &Args) -> anyhow::Resu
             set(lr_lr, args.lr_lr);
             set(batch_syn, args.batch_syn);
             set(unroll, args.unroll);
+            set(recompute_memory_mb, args.recompute_memory);
         }
         ObjectiveConfig::Dc(c) | ObjectiveConfig::Dsa(c) => {
             refuse(&[&dm[..], &mtt[..]].concat())?;

@@ -45,6 +45,7 @@ const FLAGS: &[(&str, Option<&str>, &str)] = &[
     ("objective.lr_lr", None, "--lr-lr"),
     ("objective.batch_syn", None, "--batch-syn"),
     ("objective.unroll", None, "--unroll"),
+    ("objective.recompute_memory_mb", None, "--recompute-memory"),
     ("objective.dis_metric", None, "--dis-metric"),
     ("objective.outer_loop", None, "--outer-loop"),
     ("objective.inner_loop", None, "--inner-loop"),

@@ -16,8 +16,9 @@
 //! without) and is kept at 0.001 or above.
 //!
 //! Two ways to the same gradient ([`Unroll`]): `graph` keeps one autodiff graph over every
-//! step, as the reference; `recompute` keeps only each step's parameters and walks the
-//! steps backwards, so activation memory is one step's whatever `syn_steps` is.
+//! step, as the reference; `recompute` keeps each step's parameters and walks the steps
+//! backwards, replaying each one, so its memory stays within a budget whatever `syn_steps`
+//! is (graphs of the last steps are kept as far as the budget allows).
 
 use burn::tensor::{Device, Gradients, Tensor};
 
@@ -30,7 +31,7 @@ use crate::data::index_tensor;
 use crate::error::{Error, Result};
 use crate::haba::{Factorization, Hallucinators};
 use crate::nets::Arch;
-use crate::nets::student::{check_student, piece_grads};
+use crate::nets::student::{check_student, conv_outputs, piece_grads};
 use crate::nets::{Network, ParamPieces};
 use crate::optim::{Sgd, descend};
 use crate::rng::Rng;
@@ -43,8 +44,9 @@ pub enum Unroll {
     /// `syn_steps`.
     #[default]
     Graph,
-    /// Keep only each step's parameters and replay the steps backwards, one step's graph
-    /// at a time: the same gradient in memory that does not grow with `syn_steps`.
+    /// Keep each step's parameters and replay the steps backwards, one step's graph at a
+    /// time: the same gradient in memory that does not grow with `syn_steps`
+    /// ([`MttConfig::recompute_memory_mb`] says how much it may keep).
     Recompute,
 }
 
@@ -93,6 +95,10 @@ pub struct MttConfig {
     /// Synthetic images per student step; 0: every image (the reference's default).
     pub batch_syn: usize,
     pub unroll: Unroll,
+    /// MiB that `recompute` may spend on graphs of the last student steps, kept from the
+    /// forward walk instead of being replayed (each kept step saves one forward and
+    /// backward of the student); 0 replays every step.
+    pub recompute_memory_mb: f64,
 }
 
 impl Default for MttConfig {
@@ -109,6 +115,7 @@ impl Default for MttConfig {
             momentum_lr: 0.5,
             batch_syn: 0,
             unroll: Unroll::Graph,
+            recompute_memory_mb: 2048.0,
         }
     }
 }
@@ -136,6 +143,12 @@ impl MttConfig {
             return bad(format!(
                 "`objective.lr_teacher = {}`: must be a finite number > 0",
                 self.lr_teacher
+            ));
+        }
+        if !(self.recompute_memory_mb.is_finite() && self.recompute_memory_mb >= 0.0) {
+            return bad(format!(
+                "`objective.recompute_memory_mb = {}`: must be a finite number of MiB >= 0",
+                self.recompute_memory_mb
             ));
         }
         for (name, v) in [("lr_lr", self.lr_lr), ("momentum_lr", self.momentum_lr)] {
@@ -385,6 +398,15 @@ impl Mtt {
             .collect()
     }
 
+    /// How many of the last steps `recompute` keeps on their graphs from the forward walk:
+    /// as many as `recompute_memory_mb` holds at [`GRAPH_BYTES_PER_OUTPUT`] per conv output.
+    fn kept_graphs(&self, draws: &[Draw]) -> usize {
+        let images = draws.iter().map(|d| d.rows.len()).max().unwrap_or(0);
+        let step = GRAPH_BYTES_PER_OUTPUT * conv_outputs(&self.student, images);
+        // Saturating: a budget beyond usize keeps every step.
+        (self.settings.recompute_memory_mb * (1u64 << 20) as f64 / step.max(1) as f64) as usize
+    }
+
     /// One student step's images (augmented) and labels.
     fn batch(fact: &Factorization, syn: &Synthetic<'_>, d: &Draw) -> Result<(Tensor<4>, Vec<u16>)> {
         let device = fact.bases.device();
@@ -474,9 +496,10 @@ impl Mtt {
         let plain = refreshed(syn.fact, false);
         let alpha = constant(lr.clone());
         let (start, target) = (constant(start.clone()), constant(target.clone()));
-        // Forward without a graph, keeping θ_0 .. θ_{N-1}, except the last few steps: they
-        // run on graphs of their own, which the sweep then uses instead of replaying them.
-        let (early, late) = draws.split_at(draws.len().saturating_sub(KEPT_GRAPHS));
+        // Forward without a graph, keeping θ_0 .. θ_{N-1}, except the last steps the memory
+        // budget holds: they run on graphs of their own, which the sweep then uses instead
+        // of replaying them.
+        let (early, late) = draws.split_at(draws.len().saturating_sub(self.kept_graphs(draws)));
         let mut thetas = Vec::with_capacity(draws.len());
         let start_pieces = ParamPieces::split(&self.student, &start);
         let mut theta = self.walk(&plain, syn, start_pieces, early, &alpha, |t| {
@@ -530,11 +553,11 @@ impl Mtt {
     }
 }
 
-/// How many of the last student steps `--unroll recompute` keeps on their graphs from the
-/// forward walk instead of replaying them: at 1 image per class a replayed step costs a
-/// third of a step on a graph, and two kept graphs took ten steps from 1.4-1.5x to about
-/// 1.25x the graph unroll's time while memory still does not grow with the steps.
-const KEPT_GRAPHS: usize = 2;
+/// The bytes of one student step's autodiff graph per value its conv layers output: its
+/// activations, the hand-written backward's tensors and what autodiff saves of both.
+/// Measured on ConvNet-128 at 32x32 (the peak's growth per kept step): 5.9 floats at 1
+/// image per class, 5.7 at 10, the same with HaBa; 6 rounds up.
+const GRAPH_BYTES_PER_OUTPUT: usize = 6 * 4;
 
 /// `theta - lr * g`, piece by piece: one SGD step of the student.
 fn advance(theta: &ParamPieces, g: ParamPieces, lr: &Tensor<1>) -> ParamPieces {
@@ -755,12 +778,27 @@ mod tests {
         );
     }
 
+    /// Both with and without HaBa, and whether the three steps are all replayed, all kept
+    /// from the forward walk or some of each (the budget is a test student step's graph,
+    /// 30 KiB by the estimate, times 0, 1.4, 2.4 and 34).
     #[test]
     fn recompute_gives_the_unrolled_gradient() {
-        for haba in [true, false] {
+        for (haba, memory, kept) in [
+            (true, 0.0, 0),
+            (true, 0.04, 1),
+            (false, 0.07, 2),
+            (false, 1.0, 3),
+        ] {
             let fact = factorization(haba);
             let (data, mut graph, dsa) = setup(Unroll::Graph);
             let (data2, mut sweep, _) = setup(Unroll::Recompute);
+            sweep.settings.recompute_memory_mb = memory;
+            let draws = sweep.draws(fact.len(), 1, &mut Rng::new(0));
+            assert_eq!(
+                sweep.kept_graphs(&draws).min(draws.len()),
+                kept,
+                "{memory} MiB"
+            );
             let a = run(&mut graph, &data, &dsa, &fact, 0.5);
             let b = run(&mut sweep, &data2, &dsa, &fact, 0.5);
             assert!(

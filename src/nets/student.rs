@@ -45,6 +45,26 @@ pub fn check_student(net: &Network) -> Result<(), NetError> {
     }
 }
 
+/// The values the conv layers of `net` output in one step on `n` images: what the size of
+/// a student step's autodiff graph grows with (0 for a network that is not a student).
+pub fn conv_outputs(net: &Network, n: usize) -> usize {
+    let Body::ConvNet(body) = &net.body else {
+        return 0;
+    };
+    let shape = net.shape();
+    let (mut h, mut w) = (shape.height, shape.width);
+    let mut total = 0;
+    for (conv, _) in &body.blocks {
+        h = conv.out_size(h).unwrap_or(0);
+        w = conv.out_size(w).unwrap_or(0);
+        total += n * conv.spec.cout * h * w;
+        if body.cfg.pool != Pool::None {
+            (h, w) = (h / 2, w / 2);
+        }
+    }
+    total
+}
+
 /// The mean cross-entropy of `net` on `images` and `labels`, shape `[1]`, and its gradient
 /// with respect to the flat `params`, shape `[P]`, both built from differentiable ops: on
 /// an autodiff device the gradient carries a graph to `params` and `images`.
