@@ -17,8 +17,8 @@
 //!
 //! Two ways to the same gradient ([`Unroll`]): `graph` keeps one autodiff graph over every
 //! step, as the reference; `recompute` keeps each step's parameters and walks the steps
-//! backwards, replaying each one, so its memory stays within a budget whatever `syn_steps`
-//! is (graphs of the last steps are kept as far as the budget allows).
+//! backwards, replaying each step whose graph it did not keep (the last ones, as many as
+//! its memory budget holds), so its memory does not grow with `syn_steps`.
 
 use burn::tensor::{Device, Gradients, Tensor};
 
@@ -44,9 +44,9 @@ pub enum Unroll {
     /// `syn_steps`.
     #[default]
     Graph,
-    /// Keep each step's parameters and replay the steps backwards, one step's graph at a
-    /// time: the same gradient in memory that does not grow with `syn_steps`
-    /// ([`MttConfig::recompute_memory_mb`] says how much it may keep).
+    /// Keep each step's parameters and walk the steps backwards, replaying them one graph
+    /// at a time except the last ones that [`MttConfig::recompute_memory_mb`] holds: the
+    /// same gradient in memory that does not grow with `syn_steps`.
     Recompute,
 }
 
