@@ -616,36 +616,21 @@ fn buffer_then_mtt_distill_then_eval_with_the_learned_rate() {
         "{metrics}"
     );
 
+    // The same run with `flag` set to `value`, into `dir/name`, is refused saying `says`.
+    let refused = |flag: &str, value: &str, name: &str, says: &str| {
+        let mut args = distill.to_vec();
+        let at = args.iter().position(|a| *a == flag).unwrap() + 1;
+        args[at] = value;
+        let out_dir = dir.join(name);
+        *args.last_mut().unwrap() = out_dir.to_str().unwrap();
+        let out = haba(&[&args[..], &common[..]].concat(), &dir);
+        let t = text(&out);
+        assert!(!out.status.success() && t.contains(says), "{t}");
+    };
     // Unrolling more student steps than memory holds is refused with the estimate.
-    let mut absurd = distill.to_vec();
-    let at = absurd.iter().position(|a| *a == "--syn-steps").unwrap() + 1;
-    absurd[at] = "100000000000";
-    let last = absurd.len() - 1;
-    let absurd_run = dir.join("absurd");
-    absurd[last] = absurd_run.to_str().unwrap();
-    let out = haba(&[&absurd[..], &common[..]].concat(), &dir);
-    let t = text(&out);
-    assert!(
-        !out.status.success() && t.contains("use fewer steps"),
-        "{t}"
-    );
-
+    refused("--syn-steps", "100000000000", "absurd", "use fewer steps");
     // A memory budget that is not a number of MiB is refused, naming the flag.
-    let mut budget = distill.to_vec();
-    let at = budget
-        .iter()
-        .position(|a| *a == "--recompute-memory")
-        .unwrap()
-        + 1;
-    budget[at] = "inf";
-    let budget_run = dir.join("budget");
-    budget[last] = budget_run.to_str().unwrap();
-    let out = haba(&[&budget[..], &common[..]].concat(), &dir);
-    let t = text(&out);
-    assert!(
-        !out.status.success() && t.contains("--recompute-memory"),
-        "{t}"
-    );
+    refused("--recompute-memory", "inf", "budget", "--recompute-memory");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("recompute_memory_mb = 0.0"), "{config}");
 

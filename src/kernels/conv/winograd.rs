@@ -243,6 +243,24 @@ unsafe fn products<'a>(
     });
 }
 
+/// `[tiles][16][rows]`: for each position ξ, `A_ξ [rows, k] · B_ξ [k, tiles]`, with `a`
+/// laid out `[k][16][rows]` and `b` `[tiles][16][k]` (the forward's `U · V` and the input
+/// gradient's `Uᵀ · dM`).
+fn tile_products(a: &[f32], b: &[f32], rows: usize, k: usize, tiles: usize) -> Vec<f32> {
+    let mut out = uninit(tiles * 16 * rows);
+    // SAFETY: position ξ writes `[t][ξ][..rows]` for every tile: disjoint.
+    unsafe {
+        products(&mut out, rows, 16 * rows, false, |xi| {
+            (
+                col_major(&a[xi * rows..], rows, k, 16 * rows),
+                col_major(&b[xi * k..], k, tiles, 16 * k),
+            )
+        });
+    }
+    // SAFETY: the 16 products wrote every element.
+    unsafe { assume_init(out) }
+}
+
 /// A `len`-value buffer whose elements the caller writes before reading any.
 fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
     let mut v = Vec::with_capacity(len);
@@ -415,18 +433,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) 
         let len = block.len() * tiles.per_sample();
         let v = transform_input(g, tiles, x, block.clone());
         // M_ξ [Cout, tiles] = U_ξ [Cout, Cin] · V_ξ [Cin, tiles].
-        let mut m = uninit(len * 16 * cout);
-        // SAFETY: position ξ writes `[t][ξ][..Cout]` for every tile: disjoint.
-        unsafe {
-            products(&mut m, cout, 16 * cout, false, |xi| {
-                (
-                    col_major(&u[xi * cout..], cout, cin, 16 * cout),
-                    col_major(&v[xi * cin..], cin, len, 16 * cin),
-                )
-            });
-        }
-        // SAFETY: the 16 products wrote every element.
-        let m = unsafe { assume_init(m) };
+        let m = tile_products(&u, &v, cout, cin, len);
         let out = Shared(y[block.start * g.out_len()..].as_mut_ptr().cast());
         let (ho, wo, pixels) = (g.ho, g.wo, g.out_pixels());
         // One task per sample and tile row: Aᵀ M A, plus the bias, into its output rows.
@@ -492,18 +499,7 @@ pub(super) fn backward(
         }
         if let Some(ut) = &ut {
             // dV_ξ [Cin, tiles] = U_ξᵀ [Cin, Cout] · dM_ξ [Cout, tiles].
-            let mut dv = uninit(len * 16 * cin);
-            // SAFETY: position ξ writes `[t][ξ][..Cin]`: disjoint.
-            unsafe {
-                products(&mut dv, cin, 16 * cin, false, |xi| {
-                    (
-                        col_major(&ut[xi * cin..], cin, cout, 16 * cin),
-                        col_major(&dm[xi * cout..], cout, len, 16 * cout),
-                    )
-                });
-            }
-            // SAFETY: the 16 products wrote every element.
-            let dv = unsafe { assume_init(dv) };
+            let dv = tile_products(ut, &dm, cin, cout, len);
             let out = &mut dx[block.start * g.in_len()..][..block.len() * g.in_len()];
             input_grad(g, tiles, &dv, out);
         }
